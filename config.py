@@ -1,0 +1,160 @@
+"""Every knob of a training run: one dataclass, one documented field per knob, parsed from the CLI.
+
+`python train.py --help` prints these fields grouped as below, with the help text taken from each
+field's `doc`. Per-env presets (PRESETS) change the defaults so the bare `python train.py --env X`
+uses good settings; any flag given on the command line wins over the preset. The paper's values
+(paper.md) are the defaults where they make sense for a few-million-parameter model; where we
+differ (learning rates, batch sizes), the field's doc says so.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+
+def knob(default, doc: str, group: str, choices=None):
+    return field(default=default, metadata={"doc": doc, "group": group, "choices": choices})
+
+
+@dataclass
+class Config:
+    # --- env ------------------------------------------------------------------------------
+    env: str = knob("sokoban", "environment: sokoban | webshop | sotopia", "env", ["sokoban", "webshop", "sotopia"])
+    max_steps: int = knob(0, "episode step limit; 0 = the env's own (paper: Sokoban 15, WebShop 10)", "env")
+    # --- model ----------------------------------------------------------------------------
+    model: str = knob("", "path of a local Hugging Face causal LM; empty = build the small default model locally", "model")
+    model_size: str = knob("small", "size of the locally built default model", "model", ["tiny", "small", "base"])
+    vocab_size: int = knob(1024, "BPE vocabulary of the locally built tokenizer", "model")
+    device: str = knob("auto", "auto | cpu | cuda | cuda:K", "model")
+    bf16: bool = knob(True, "bf16 autocast for forward passes on CUDA (fp32 master weights); ignored on CPU", "model")
+    warmstart: str = knob("auto", "SFT on noisy expert demos before RL: auto (only for the locally built model) | on | off", "model", ["auto", "on", "off"])
+    warmstart_episodes: int = knob(400, "number of demonstration episodes for the warm start", "model")
+    warmstart_random_frac: float = knob(0.3, "fraction of demo actions replaced by random ones (keeps the start imperfect)", "model")
+    warmstart_epochs: int = knob(2, "passes over the demonstrations", "model")
+    warmstart_lr: float = knob(1e-3, "learning rate of the warm start", "model")
+    # --- rollout --------------------------------------------------------------------------
+    tasks_per_iter: int = knob(32, "N tasks (env seeds) per iteration (paper: Sokoban 32, WebShop 16)", "rollout")
+    group_size: int = knob(8, "G rollouts per task, one group (paper: 8)", "rollout")
+    temperature: float = knob(1.0, "sampling temperature of training rollouts", "rollout")
+    top_p: float = knob(1.0, "nucleus sampling of training rollouts", "rollout")
+    max_action_tokens: int = knob(48, "generation limit of one action (tokens); a longer answer is cut and invalid", "rollout")
+    max_context: int = knob(1024, "context limit; longer trajectories keep the prompt + most recent steps", "rollout")
+    # --- implicit PRM (paper.md E1-E4, E9) ------------------------------------------------
+    istar: bool = knob(True, "add iStar's implicit step rewards (α·A^S) to the base algorithm", "prm")
+    beta: float = knob(0.05, "β of the implicit reward, paper Eq. 1 (paper: 0.05)", "prm")
+    prm_lr: float = knob(1e-5, "PRM AdamW learning rate (paper 1e-6 for 7B models; larger for the small model)", "prm")
+    prm_grad_clip: float = knob(10.0, "PRM gradient-norm clip (paper: 10)", "prm")
+    q_reduce: str = knob("sum", "trajectory score Q: sum of step rewards (paper Eq. 2) | mean (released code)", "prm", ["sum", "mean"])
+    pair_rule: str = knob("threshold", "DPO pairs: threshold = won x lost in a group (paper) | graded = every better/worse pair", "prm", ["threshold", "graded"])
+    prm_order: str = knob("before", "score steps with the PRM before its update (released code) | after (one more forward)", "prm", ["before", "after"])
+    granularity: str = knob("step", "implicit reward per step (iStar) | token (PRIME ablation, paper.md E9)", "prm", ["step", "token"])
+    scale_step_rewards: bool = knob(False, "divide step rewards by the batch max |r| (released code, paper.md E4)", "prm")
+    # --- advantage (paper.md E5-E7) -------------------------------------------------------
+    algo: str = knob("rloo", "base algorithm of the episode advantage (paper: RLOO w/ iStar)", "advantage", ["rloo", "grpo", "reinforce++"])
+    step_adv_coef: float = knob(1.0, "α: weight of the step-level advantage, paper Eq. 5 (paper: 1.0)", "advantage")
+    # --- policy / PPO (paper.md E8) -------------------------------------------------------
+    lr: float = knob(1e-5, "policy AdamW learning rate (paper 5e-7 for 7B models; larger for the small model)", "policy")
+    clip_eps: float = knob(0.2, "PPO clip ε (paper: 0.2)", "policy")
+    dual_clip: float = knob(3.0, "dual-clip c for negative advantages (released code: 3); 0 = off", "policy")
+    ratio_level: str = knob("token", "PPO ratio per token (verl, default) | per step (paper Eq. 6)", "policy", ["token", "step"])
+    ppo_epochs: int = knob(1, "passes over each batch (paper: 1)", "policy")
+    minibatches: int = knob(4, "optimiser steps per epoch (the batch is split by trajectory)", "policy")
+    micro_batch: int = knob(64, "trajectories per forward/backward (gradient accumulation; memory only)", "policy")
+    entropy_coef: float = knob(0.001, "entropy bonus (released code: 0.001)", "policy")
+    kl_coef: float = knob(0.0, "KL-to-initial-policy penalty, k3 estimator (paper: none)", "policy")
+    grad_clip: float = knob(1.0, "policy gradient-norm clip", "policy")
+    # --- kernels --------------------------------------------------------------------------
+    kernels: str = knob("auto", "auto = Triton on CUDA, torch reference elsewhere | triton | reference", "kernels", ["auto", "triton", "reference"])
+    # --- run and logging ------------------------------------------------------------------
+    iterations: int = knob(100, "RL iterations (one rollout batch + PRM step + policy update each)", "logging")
+    seed: int = knob(0, "seed of everything (task seeds, sampling, init)", "logging")
+    run_name: str = knob("", "run folder name under out_dir; empty = <env>-<algo>[-istar]-s<seed>", "logging")
+    out_dir: str = knob("runs", "where run folders go", "logging")
+    eval_every: int = knob(10, "evaluate on held-out tasks every K iterations (0 = only at start and end)", "logging")
+    eval_tasks: int = knob(64, "number of held-out task seeds per evaluation", "logging")
+    eval_temperature: float = knob(0.4, "temperature of the sampled evaluation (paper: 0.4); greedy is also reported", "logging")
+    save_every: int = knob(10, "checkpoint every K iterations (and at the end)", "logging")
+    tensorboard: bool = knob(False, "also write TensorBoard logs (needs the tensorboard package)", "logging")
+
+    @property
+    def kernel_impl(self) -> str | None:
+        """The `impl` argument of the kernels' public functions (None = dispatch on the device)."""
+        return None if self.kernels == "auto" else self.kernels
+
+
+# Per-env presets: applied before the CLI, so a flag on the command line always wins.
+PRESETS: dict[str, dict] = {
+    "sokoban": dict(tasks_per_iter=32, group_size=8, max_action_tokens=24),
+    "webshop": dict(tasks_per_iter=16, group_size=8, max_action_tokens=40, max_context=1536),
+    "sotopia": dict(tasks_per_iter=16, group_size=8, algo="grpo", max_action_tokens=32),
+    # A CPU smoke run: two iterations end to end in well under a minute.
+    "tiny": dict(model_size="tiny", vocab_size=384, tasks_per_iter=2, group_size=2, iterations=2, warmstart_episodes=8,
+                 warmstart_epochs=1, eval_tasks=2, eval_every=1, save_every=1, max_action_tokens=16, max_context=512),
+}
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train an LLM agent with iStar (implicit step rewards) or its base algorithms.",
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(Config):
+        meta = f.metadata
+        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            group.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, help=meta["doc"] + f" (default: {f.default})")
+            group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None, help=argparse.SUPPRESS)
+        else:
+            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            group.add_argument(flag, type=typ, default=None, choices=meta["choices"], help=meta["doc"] + f" (default: {f.default!r})")
+    run = parser.add_argument_group("commands")
+    run.add_argument("--preset", default=None, choices=sorted(PRESETS), help="apply a preset on top of the env's (e.g. tiny for a CPU smoke run)")
+    run.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run saved in RUN_DIR exactly where it stopped")
+    run.add_argument("--plot", nargs="+", default=None, metavar="RUN_DIR", help="plot success and return vs env steps of these runs to a PNG and exit")
+    run.add_argument("--show", default=None, metavar="RUN_DIR", help="replay an evaluation episode of RUN_DIR's policy with each step's implicit reward, and exit")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    """CLI -> Config: defaults, then the env preset, then --preset, then explicit flags; validated."""
+    args = build_parser().parse_args(argv)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+    env = given.get("env", Config.env)
+    values = {**PRESETS.get(env, {}), **(PRESETS[args.preset] if args.preset else {}), **given}
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg, args
+
+
+def validate(cfg: Config) -> None:
+    """Fail before any work starts, naming the field and what was expected."""
+    positive = ["tasks_per_iter", "group_size", "max_action_tokens", "max_context", "iterations", "ppo_epochs", "minibatches", "micro_batch", "vocab_size"]
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(cfg, name)}")
+    for name in ["beta", "lr", "prm_lr", "clip_eps", "grad_clip", "prm_grad_clip"]:
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(cfg, name)}")
+    for name in ["step_adv_coef", "entropy_coef", "kl_coef", "warmstart_random_frac", "eval_every", "save_every", "max_steps", "warmstart_episodes"]:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.warmstart_random_frac <= 1:
+        raise ValueError(f"--warmstart-random-frac: expected a fraction in [0, 1], got {cfg.warmstart_random_frac}")
+    if cfg.dual_clip and cfg.dual_clip <= 1:
+        raise ValueError(f"--dual-clip: expected 0 (off) or a value > 1, got {cfg.dual_clip}")
+    if not 0 < cfg.top_p <= 1 or cfg.temperature < 0:
+        raise ValueError(f"--top-p must be in (0, 1] and --temperature >= 0, got {cfg.top_p}, {cfg.temperature}")
+    if cfg.minibatches > cfg.tasks_per_iter * cfg.group_size:
+        raise ValueError(f"--minibatches: {cfg.minibatches} is more than the {cfg.tasks_per_iter * cfg.group_size} trajectories of a batch")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:K, got {cfg.device!r}")

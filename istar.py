@@ -1,0 +1,255 @@
+"""One iStar iteration after the rollout: PRM update, advantages, PPO-clip policy update.
+
+Implements the loop of paper.md ("The loop", paper Algorithm 1) stages 2-4 and paper.md E8
+(paper Eq. 6). Each stage is a named function returning `(…, stats)`; `istar_update` calls them
+in the paper's order:
+
+    old_logp   = log π_θold(y)                       recompute_old_logp   (T,)
+    r, stats   = PRM scores + one DPO step (E1-E3)    update_prm           (S,)
+    A, stats   = A^E + α · A^S on tokens (E5-E7)      compute_advantages   (T,)
+    stats      = PPO-clip epochs (E8)                 update_policy
+
+E8, PPO clip:  L(θ) = − mean [ min( ρ·A, clip(ρ, 1−ε, 1+ε)·A ) ],  ρ = π_θ(y) / π_θold(y)
+per token (verl, default) or per step, ρ_t = Π_k π_θ(y_{t,k}) / π_θold(y_{t,k}) (paper Eq. 6).
+
+The PRM's DPO loss couples the trajectories of a group through pairs, so it cannot be split into
+independent micro-batches naively. `update_prm` does it exactly in two phases: (1) a no-grad
+forward of the whole batch gives Q(τ) for every trajectory (and the step rewards used for the
+advantages: "PRM before its update", paper.md open point 2); the loss is evaluated on a leaf copy
+of Q to get g = ∂L/∂Q; (2) micro-batches recompute Q with gradients and back-propagate Σ_i g_i·Q_i,
+whose gradient is exactly ∂L/∂φ. Only trajectories that appear in a pair are re-run.
+
+References:
+  1) iStar, https://arxiv.org/abs/2509.19199 (Algorithm 1, Eq. 6)
+  2) PPO, Schulman et al. 2017, https://arxiv.org/abs/1707.06347; dual clip, Ye et al. 2020,
+     https://arxiv.org/abs/1912.09729; k3 KL estimator, http://joschu.net/blog/kl-approx.html
+  3) verl's token-mean aggregation, https://github.com/volcengine/verl
+
+Deviations from the paper:
+  1) Token-level ratio with token-mean aggregation by default (released code); the paper's step-
+     level ratio is `ratio_level="step"` (product of the step's token ratios, mean over steps).
+  2) Dual clip c = 3 and an entropy bonus 0.001 as in the released code (the paper names neither).
+  3) Several minibatches per batch (each an optimiser step), not the paper's 64 step-samples:
+     our samples are whole trajectories.
+  4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar,
+     so the two differ only in the granularity of the reward and the PRM's loss.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from advantage import combined_advantage, episode_advantage, scale_step_rewards
+from model import token_logprobs
+from prm import prime_ce_loss, preference_pairs, step_rewards, token_rewards, trajectory_dpo_loss, trajectory_scores
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or an advantage is NaN/inf: the update stops instead of training on garbage."""
+
+
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise NonFiniteError(f"{name} has NaN/inf values ({(~torch.isfinite(x)).sum().item()} of {x.numel()}); update stopped")
+
+
+def _chunks(indices: torch.Tensor, size: int):
+    for lo in range(0, indices.numel(), size):
+        yield indices[lo : lo + size]
+
+
+def _token_index(batch, traj_idx: torch.Tensor) -> torch.Tensor:
+    """Indices into the packed token arrays (T,) of the selected trajectories, in order."""
+    tok_cu = batch.step_cu[batch.traj_cu]  # (N+1,) token offsets of each trajectory
+    return torch.cat([torch.arange(int(tok_cu[i]), int(tok_cu[i + 1]), device=tok_cu.device) for i in traj_idx.tolist()])
+
+
+def _logprobs(model, batch, with_entropy=False):
+    return token_logprobs(model, batch.input_ids, batch.attention_mask, batch.action_mask, with_entropy=with_entropy)
+
+
+@torch.no_grad()
+def recompute_old_logp(policy, batch, micro_batch: int) -> torch.Tensor:
+    """log π_θold of every action token (T,): the policy that sampled the batch, before its update."""
+    parts = [_logprobs(policy, batch.select(idx)) for idx in _chunks(torch.arange(batch.num_traj), micro_batch)]
+    return torch.cat(parts).float()  # (T,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: implicit PRM (paper.md E1-E3, E9)
+# ---------------------------------------------------------------------------------------------
+def _prm_rewards(prm_logp, old_logp, batch_part, cfg):
+    """Step rewards (S,) and Q (N,), or token rewards (T,) and Q for the PRIME ablation."""
+    if cfg.granularity == "token":
+        r = token_rewards(prm_logp, old_logp, cfg.beta)  # (T,) E9
+        return r, trajectory_scores(r, batch_part.step_cu[batch_part.traj_cu], "sum")  # (N,)
+    r = step_rewards(prm_logp, old_logp, batch_part.step_cu, cfg.beta, impl=cfg.kernel_impl)  # (S,) E1
+    return r, trajectory_scores(r, batch_part.traj_cu, cfg.q_reduce)  # (N,) E2
+
+
+def _prm_loss(q, batch, cfg):
+    if cfg.granularity == "token":
+        return prime_ce_loss(q, batch.won)  # E9
+    pairs = preference_pairs(batch.won, batch.outcome, batch.group_cu, cfg.pair_rule)  # (P, 2)
+    return trajectory_dpo_loss(q, pairs)  # E3
+
+
+def score_with_prm(prm, batch, old_logp, cfg) -> torch.Tensor:
+    """No-grad PRM forward over the whole batch: the implicit rewards (S,) or (T,) for token granularity."""
+    rewards = []
+    with torch.no_grad():
+        for idx in _chunks(torch.arange(batch.num_traj), cfg.micro_batch):
+            part = batch.select(idx)
+            r, _ = _prm_rewards(_logprobs(prm, part).float(), old_logp[_token_index(batch, idx)], part, cfg)
+            rewards.append(r)
+    return torch.cat(rewards)
+
+
+def update_prm(prm, prm_opt, batch, old_logp, cfg) -> tuple[torch.Tensor, dict]:
+    """One trajectory-DPO optimiser step of π_φ (E3); returns the step rewards for the advantages.
+
+    Default (`prm_order="before"`): the rewards come from π_φ before this step (paper Algorithm 1);
+    "after" rescores with the updated PRM (one more forward pass).
+    """
+    reward = score_with_prm(prm, batch, old_logp, cfg)  # (S,) or (T,)
+    seg_cu = batch.step_cu[batch.traj_cu] if cfg.granularity == "token" else batch.traj_cu
+    q = trajectory_scores(reward, seg_cu, "sum" if cfg.granularity == "token" else cfg.q_reduce)  # (N,)
+    q_leaf = q.detach().requires_grad_(True)
+    loss, stats = _prm_loss(q_leaf, batch, cfg)
+    _check_finite("prm loss", loss.detach())
+    prm_opt.zero_grad(set_to_none=True)
+    if stats["prm/num_pairs"] > 0 or cfg.granularity == "token":
+        loss.backward()
+        grad_q = q_leaf.grad  # (N,) ∂L/∂Q
+        used = grad_q.nonzero(as_tuple=True)[0]  # trajectories in a pair
+        for idx in _chunks(used, cfg.micro_batch):
+            part = batch.select(idx)
+            _, q_part = _prm_rewards(_logprobs(prm, part).float(), old_logp[_token_index(batch, idx)], part, cfg)
+            (q_part * grad_q[idx]).sum().backward()  # Σ g_i Q_i: same gradient as the full loss
+        stats["prm/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(prm.parameters(), cfg.prm_grad_clip))
+        if not math.isfinite(stats["prm/grad_norm"]):
+            raise NonFiniteError("prm gradient norm is NaN/inf; update stopped")
+        prm_opt.step()
+        stats["prm/updated"] = 1.0
+    else:
+        stats["prm/updated"] = 0.0  # no pair in the batch: the PRM is not updated (paper.md E3)
+    if cfg.prm_order == "after":
+        reward = score_with_prm(prm, batch, old_logp, cfg)
+    stats["prm/reward_mean"] = reward.mean().item()
+    stats["prm/reward_std"] = reward.std().item() if reward.numel() > 1 else 0.0
+    return reward.detach(), stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: advantages (paper.md E4-E7)
+# ---------------------------------------------------------------------------------------------
+def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tuple[torch.Tensor, dict]:
+    """Token advantages (T,): A^E of the base algorithm + α·A^S when iStar is on (E5-E7)."""
+    episode_adv = episode_advantage(batch.outcome, batch.group_cu, cfg.algo)  # (N,) E5
+    _check_finite("episode advantage", episode_adv)
+    stats = {"adv/episode_mean": episode_adv.mean().item(), "adv/episode_std": episode_adv.std().item() if episode_adv.numel() > 1 else 0.0}
+    if implicit_reward is None:  # the base algorithm alone: broadcast A^E to the tokens
+        tokens_per_traj = batch.step_cu[batch.traj_cu[1:]] - batch.step_cu[batch.traj_cu[:-1]]  # (N,)
+        return torch.repeat_interleave(episode_adv, tokens_per_traj), stats
+    r = scale_step_rewards(implicit_reward) if cfg.scale_step_rewards else implicit_reward  # E4 (option)
+    if cfg.granularity == "token":  # PRIME ablation: every token is its own segment
+        step_cu = torch.arange(r.numel() + 1, device=r.device)
+        traj_cu = batch.step_cu[batch.traj_cu]
+    else:
+        step_cu, traj_cu = batch.step_cu, batch.traj_cu
+    token_adv, step_adv = combined_advantage(episode_adv, r, step_cu, traj_cu, batch.group_cu, cfg.step_adv_coef, impl=cfg.kernel_impl)  # E6-E7
+    _check_finite("token advantage", token_adv)
+    stats["adv/step_std"] = step_adv.std().item() if step_adv.numel() > 1 else 0.0
+    stats["adv/token_std"] = token_adv.std().item() if token_adv.numel() > 1 else 0.0
+    return token_adv, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 4: policy update (paper.md E8)
+# ---------------------------------------------------------------------------------------------
+def policy_loss(logp, old_logp, token_adv, step_cu, clip_eps=0.2, dual_clip=3.0, ratio_level="token"):
+    """PPO-clip surrogate, paper Eq. 6 (paper.md E8). Returns ``(loss, stats)``.
+
+    Args:
+        logp:      (T,) log π_θ of the action tokens (with grad).
+        old_logp:  (T,) log π_θold of the same tokens.
+        token_adv: (T,) A_{i,t} broadcast to tokens (E7).
+        step_cu:   (S+1,) step offsets into T; used when ratio_level="step".
+    ratio_level="token": ρ per token, token-mean. "step": log ρ_t = Σ_k (log π_θ − log π_θold) over
+    the step's tokens, one term per step, step-mean (every token of a step has the same advantage).
+    """
+    if ratio_level == "step":
+        step_len = (step_cu[1:] - step_cu[:-1]).long()  # (S,)
+        step_id = torch.repeat_interleave(torch.arange(step_len.numel(), device=logp.device), step_len)  # (T,)
+        log_ratio = torch.zeros(step_len.numel(), device=logp.device).index_add(0, step_id, logp.float() - old_logp)  # (S,)
+        adv = torch.zeros_like(log_ratio).index_add(0, step_id, token_adv) / step_len.clamp(min=1)  # (S,) the step's A
+    else:
+        log_ratio, adv = logp.float() - old_logp, token_adv  # (T,), (T,)
+    ratio = torch.exp(log_ratio.clamp(max=20.0))  # ρ; clamp only guards exp overflow
+    surr1 = ratio * adv
+    surr2 = ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv
+    loss_terms = -torch.min(surr1, surr2)  # E8
+    if dual_clip:  # bound the loss of a negative advantage by −c·A (Ye et al. 2020)
+        loss_terms = torch.where(adv < 0, torch.minimum(loss_terms, -dual_clip * adv), loss_terms)
+    loss = loss_terms.mean()
+    with torch.no_grad():
+        stats = {
+            "policy/pg_loss": loss.item(),
+            "policy/clip_frac": ((ratio - 1).abs() > clip_eps).float().mean().item(),
+            "policy/approx_kl": ((ratio - 1) - log_ratio).mean().item(),  # k3, http://joschu.net/blog/kl-approx.html
+        }
+    return loss, stats
+
+
+def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None, generator=None) -> dict:
+    """PPO epochs over the batch: `minibatches` optimiser steps per epoch, micro-batched forwards."""
+    totals: dict[str, float] = {}
+    count = 0
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(batch.num_traj, generator=generator)
+        for mb in torch.tensor_split(order, cfg.minibatches):
+            if mb.numel() == 0:
+                continue
+            opt.zero_grad(set_to_none=True)
+            mb_tokens = int(sum(batch.num_tokens(i) for i in mb.tolist()))
+            for idx in _chunks(mb, cfg.micro_batch):
+                part, tok = batch.select(idx), _token_index(batch, idx)
+                logp, entropy = _logprobs(policy, part, with_entropy=True)  # (T_part,), (T_part,)
+                loss, stats = policy_loss(logp, old_logp[tok], token_adv[tok], part.step_cu, cfg.clip_eps, cfg.dual_clip, cfg.ratio_level)
+                loss = loss - cfg.entropy_coef * entropy.mean()
+                if cfg.kl_coef > 0 and ref_policy is not None:
+                    with torch.no_grad():
+                        ref_logp = _logprobs(ref_policy, part).float()
+                    log_r = ref_logp - logp.float()
+                    kl = (log_r.exp() - 1 - log_r).mean()  # k3 estimator of KL(π_θ || π_ref)
+                    loss = loss + cfg.kl_coef * kl
+                    stats["policy/kl_ref"] = kl.item()
+                _check_finite("policy loss", loss.detach())
+                (loss * tok.numel() / mb_tokens).backward()  # token-weighted gradient accumulation
+                stats["policy/entropy"] = entropy.mean().item()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                count += 1
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
+            if not math.isfinite(grad_norm):
+                raise NonFiniteError("policy gradient norm is NaN/inf; update stopped")
+            totals["policy/grad_norm"] = totals.get("policy/grad_norm", 0.0) + grad_norm * 1.0
+            opt.step()
+    out = {k: v / max(count, 1) for k, v in totals.items() if k != "policy/grad_norm"}
+    out["policy/grad_norm"] = totals.get("policy/grad_norm", 0.0) / max(cfg.ppo_epochs * cfg.minibatches, 1)
+    return out
+
+
+def istar_update(policy, prm, policy_opt, prm_opt, batch, cfg, ref_policy=None, generator=None) -> dict:
+    """Stages 2-4 of one iteration, in the paper's order (Algorithm 1). iStar off = base algorithm."""
+    old_logp = recompute_old_logp(policy, batch, cfg.micro_batch)  # (T,)
+    stats: dict = {}
+    implicit_reward = None
+    if cfg.istar:
+        implicit_reward, prm_stats = update_prm(prm, prm_opt, batch, old_logp, cfg)  # E1-E3
+        stats.update(prm_stats)
+    token_adv, adv_stats = compute_advantages(batch, implicit_reward, cfg)  # E5-E7
+    stats.update(adv_stats)
+    stats.update(update_policy(policy, policy_opt, batch, old_logp, token_adv, cfg, ref_policy, generator))  # E8
+    return stats

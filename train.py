@@ -1,0 +1,275 @@
+"""Train an LLM agent with iStar (or its base algorithm alone) on a bundled environment.
+
+    python train.py --env sokoban                      # RLOO w/ iStar, the paper's main configuration
+    python train.py --env sokoban --algo grpo --no-istar
+    python train.py --env sokoban --preset tiny        # a CPU smoke run: 2 iterations, seconds
+    python train.py --resume runs/sokoban-rloo-istar-s0
+    python train.py --plot runs/*                      # learning curves to a PNG
+    python train.py --show runs/sokoban-rloo-istar-s0  # replay an episode with its implicit step rewards
+
+The loop is paper.md "The loop" (paper Algorithm 1): roll out N tasks × G rollouts with π_θold,
+update the implicit PRM with the trajectory DPO loss and score every step with it (E1-E3),
+combine episode- and step-level advantages (E5-E7), PPO-clip the policy (E8). The stages live in
+istar.py; this file is the wiring: config → seeding → setup → warm start → loop → logging.
+Config fields are documented in config.py (`--help`); metrics are defined in README.md.
+
+Deviations from the paper: the default model is a few-million-parameter Llama built locally and
+warm-started on noisy expert demonstrations (warmstart.py), since it knows nothing otherwise;
+learning rates and batch sizes are set for that model (config.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from config import Config, parse_config
+from envs import make_env
+from istar import NonFiniteError, istar_update, score_with_prm
+from model import build_default_model, build_tokenizer, clone_model, load_model, save_model
+from rollout import pack, rollout
+from warmstart import env_corpus, warm_start
+
+EVAL_SEED_BASE = 2**31  # held-out tasks: seeds >= 2**31; training tasks are drawn below 2**31
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup (TRY NOT TO MODIFY: boilerplate)
+# ---------------------------------------------------------------------------------------------
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: CUDA is not available on this machine")
+    return torch.device(cfg.device)
+
+
+def env_factory(cfg: Config):
+    kwargs = {"max_steps": cfg.max_steps} if cfg.max_steps else {}
+    make_env(cfg.env, **kwargs)  # fail early on a bad env name or argument
+    return partial(make_env, cfg.env, **kwargs)
+
+
+def autocast(cfg: Config, device: torch.device):
+    on = cfg.bf16 and device.type == "cuda"
+    return torch.autocast("cuda", dtype=torch.bfloat16) if on else nullcontext()
+
+
+def build_models(cfg: Config, make, device, run_dir: Path):
+    """Policy + tokenizer (built locally, or loaded from --model), the PRM as a copy, optimisers."""
+    if cfg.model:
+        policy, tokenizer = load_model(cfg.model, device)
+    elif (run_dir / "tokenizer").is_dir():  # resuming a run: reuse its tokenizer
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
+        policy = build_default_model(tokenizer, cfg.model_size, seed=cfg.seed).to(device)
+    else:
+        tokenizer = build_tokenizer(env_corpus(make, seeds=range(EVAL_SEED_BASE + 10**6, EVAL_SEED_BASE + 10**6 + 200)), cfg.vocab_size)
+        tokenizer.save_pretrained(run_dir / "tokenizer")
+        policy = build_default_model(tokenizer, cfg.model_size, seed=cfg.seed).to(device)
+    prm = clone_model(policy)  # π_φ initialised from the policy (paper.md E3)
+    policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)  # constant lr (paper.md E8)
+    prm_opt = torch.optim.AdamW(prm.parameters(), lr=cfg.prm_lr, weight_decay=0.0)
+    return tokenizer, policy, prm, policy_opt, prm_opt
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: written atomically (tmp file + os.replace), everything needed to resume exactly
+# ---------------------------------------------------------------------------------------------
+def save_checkpoint(run_dir: Path, iteration: int, policy, prm, policy_opt, prm_opt, rngs: dict, env_steps: int) -> Path:
+    state = {
+        "iteration": iteration, "env_steps": env_steps,
+        "policy": policy.state_dict(), "prm": prm.state_dict(),
+        "policy_opt": policy_opt.state_dict(), "prm_opt": prm_opt.state_dict(),
+        "torch_rng": torch.get_rng_state(), "rollout_rng": rngs["rollout"].get_state(),
+        "numpy_rng": rngs["tasks"].bit_generator.state, "python_rng": random.getstate(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    path = run_dir / "checkpoint.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic on POSIX: a crash leaves the previous checkpoint intact
+    return path
+
+
+def load_checkpoint(run_dir: Path, policy, prm, policy_opt, prm_opt, rngs: dict) -> tuple[int, int]:
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    policy.load_state_dict(state["policy"])
+    prm.load_state_dict(state["prm"])
+    policy_opt.load_state_dict(state["policy_opt"])
+    prm_opt.load_state_dict(state["prm_opt"])
+    torch.set_rng_state(state["torch_rng"])
+    rngs["rollout"].set_state(state["rollout_rng"])
+    rngs["tasks"].bit_generator.state = state["numpy_rng"]
+    random.setstate(state["python_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["iteration"], state["env_steps"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollouts, evaluation, metrics
+# ---------------------------------------------------------------------------------------------
+def rollout_kwargs(cfg: Config, device) -> dict:
+    return dict(top_p=cfg.top_p, max_action_tokens=cfg.max_action_tokens, max_context=cfg.max_context, device=device)
+
+
+def env_metrics(trajs, prefix="env") -> dict:
+    steps = [t.num_steps for t in trajs]
+    valid = [v for t in trajs for v in t.step_valid]
+    return {
+        f"{prefix}/success": float(np.mean([t.won for t in trajs])),
+        f"{prefix}/return": float(np.mean([t.outcome for t in trajs])),
+        f"{prefix}/steps": float(np.mean(steps)),
+        f"{prefix}/invalid_frac": 1.0 - float(np.mean(valid)) if valid else 0.0,
+    }
+
+
+@torch.no_grad()
+def evaluate(policy, tokenizer, make, cfg: Config, device) -> dict:
+    """Held-out tasks (seeds ≥ 2**31), one rollout each: greedy and sampled at eval_temperature."""
+    seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + cfg.eval_tasks))
+    out = {}
+    for name, temperature in (("greedy", 0.0), ("sampled", cfg.eval_temperature)):
+        gen = torch.Generator().manual_seed(12345)  # fixed: evaluation never touches the training RNG
+        trajs = rollout(policy, tokenizer, make, seeds, 1, temperature=temperature, generator=gen, **rollout_kwargs(cfg, device))
+        m = env_metrics(trajs, "eval")
+        out.update({f"{k}_{name}": v for k, v in m.items()})
+    return out
+
+
+def log_metrics(run_dir: Path, row: dict, writer=None) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if writer is not None:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k not in ("iteration", "env_steps"):
+                writer.add_scalar(k, v, row["env_steps"])
+
+
+def truncate_metrics(run_dir: Path, iteration: int) -> None:
+    """On resume, drop metric rows written after the checkpoint (they will be written again)."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["iteration"] <= iteration]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+def train(cfg: Config, resume: str | None = None) -> dict:
+    # --- config, run folder, seeding ---
+    device = resolve_device(cfg)
+    run_dir = Path(resume) if resume else Path(cfg.out_dir) / (cfg.run_name or f"{cfg.env}-{cfg.algo}{'-istar' if cfg.istar else ''}-s{cfg.seed}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    rngs = {"tasks": np.random.default_rng(cfg.seed), "rollout": torch.Generator().manual_seed(cfg.seed)}
+    make = env_factory(cfg)
+
+    # --- env, model, PRM setup ---
+    tokenizer, policy, prm, policy_opt, prm_opt = build_models(cfg, make, device, run_dir)
+    start, env_steps = 0, 0
+    if resume:
+        start, env_steps = load_checkpoint(run_dir, policy, prm, policy_opt, prm_opt, rngs)
+        truncate_metrics(run_dir, start)
+        print(f"resumed {run_dir} at iteration {start}")
+    elif cfg.warmstart == "on" or (cfg.warmstart == "auto" and not cfg.model):
+        ws = warm_start(policy, tokenizer, make, cfg, device)  # SFT on noisy expert demos
+        prm.load_state_dict(policy.state_dict())  # the PRM starts from the warm-started policy too
+        print(f"warm start: {ws}")
+    ref_policy = clone_model(policy).eval() if cfg.kl_coef > 0 else None
+    writer = None
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(run_dir / "tb")
+    summary = {}
+    if start == 0:
+        with autocast(cfg, device):
+            summary["before"] = evaluate(policy, tokenizer, make, cfg, device)
+        log_metrics(run_dir, {"iteration": 0, "env_steps": 0, **summary["before"]}, writer)
+        print(f"before RL: success greedy {summary['before']['eval/success_greedy']:.3f}, sampled {summary['before']['eval/success_sampled']:.3f}")
+
+    bar = tqdm(range(start + 1, cfg.iterations + 1), initial=start, total=cfg.iterations, desc=run_dir.name, dynamic_ncols=True)
+    for it in bar:
+        # ALGO LOGIC: one iteration of paper Algorithm 1
+        t0 = time.time()
+        seeds = rngs["tasks"].integers(0, EVAL_SEED_BASE, size=cfg.tasks_per_iter).tolist()
+        policy.eval()
+        with torch.no_grad(), autocast(cfg, device):
+            trajs = rollout(policy, tokenizer, make, seeds, cfg.group_size, temperature=cfg.temperature, generator=rngs["rollout"], **rollout_kwargs(cfg, device))
+        t_roll = time.time() - t0
+        batch = pack(trajs, device, tokenizer.pad_token_id)
+        policy.train()
+        try:
+            with autocast(cfg, device):
+                stats = istar_update(policy, prm, policy_opt, prm_opt, batch, cfg, ref_policy, rngs["rollout"])
+        except NonFiniteError as err:
+            path = save_checkpoint(run_dir, it - 1, policy, prm, policy_opt, prm_opt, rngs, env_steps)
+            raise SystemExit(f"iteration {it}: {err}. Parameters are still finite; saved them to {path}. "
+                             "Lower --lr/--prm-lr or check the env's rewards, then --resume.") from err
+        env_steps += sum(t.num_steps for t in trajs)
+        gen_tokens = sum(len(t.old_logp) for t in trajs)
+        row = {"iteration": it, "env_steps": env_steps, **env_metrics(trajs), **stats,
+               "perf/tokens_per_s": gen_tokens / max(t_roll, 1e-9), "perf/rollout_s": t_roll, "perf/iter_s": time.time() - t0}
+        # TRY NOT TO MODIFY: evaluation, logging, checkpoints
+        if cfg.eval_every and it % cfg.eval_every == 0 or it == cfg.iterations:
+            with autocast(cfg, device):
+                row.update(evaluate(policy, tokenizer, make, cfg, device))
+        log_metrics(run_dir, row, writer)
+        bar.set_postfix(success=f"{row['env/success']:.2f}", ret=f"{row['env/return']:.2f}", prm_acc=f"{row.get('prm/acc', float('nan')):.2f}")
+        if it % cfg.save_every == 0 or it == cfg.iterations:
+            save_checkpoint(run_dir, it, policy, prm, policy_opt, prm_opt, rngs, env_steps)
+    save_model(policy, tokenizer, str(run_dir / "policy"))
+    save_model(prm, tokenizer, str(run_dir / "prm"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary["before"] = next((r for r in rows if r["iteration"] == 0), {})
+    summary["after"] = next((r for r in reversed(rows) if "eval/success_greedy" in r), {})
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    b, a = summary["before"], summary["after"]
+    if b and a:
+        print(f"success on {cfg.eval_tasks} held-out tasks (greedy / sampled T={cfg.eval_temperature}): "
+              f"before RL {b['eval/success_greedy']:.3f} / {b['eval/success_sampled']:.3f}, "
+              f"after RL {a['eval/success_greedy']:.3f} / {a['eval/success_sampled']:.3f}")
+    if writer is not None:
+        writer.close()
+    return summary
+
+
+def show(run_dir: str, cfg: Config) -> None:
+    """Replay one held-out episode of a trained run, printing each step's implicit reward r_φ (E1)."""
+    from replay import replay_episode
+
+    replay_episode(Path(run_dir), cfg)
+
+
+if __name__ == "__main__":
+    cfg, args = parse_config(sys.argv[1:])
+    if args.plot:
+        from plot import plot_runs
+
+        print(plot_runs(args.plot, Path(args.plot[0]) / "curves.png" if len(args.plot) == 1 else "curves.png"))
+    elif args.show:
+        show(args.show, cfg)
+    elif args.resume:
+        saved = json.loads((Path(args.resume) / "config.json").read_text())
+        saved.update({k: v for k, v in dataclasses.asdict(cfg).items() if k in ("iterations", "device", "eval_every", "save_every")
+                      and f"--{k.replace('_', '-')}" in " ".join(sys.argv)})  # allow extending a run
+        train(Config(**saved), resume=args.resume)
+    else:
+        train(cfg)
