@@ -212,7 +212,8 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
             if mb.numel() == 0:
                 continue
             opt.zero_grad(set_to_none=True)
-            mb_tokens = int(sum(batch.num_tokens(i) for i in mb.tolist()))
+            tok_cu = batch.step_cu[batch.traj_cu]  # (N+1,) token offsets of each trajectory
+            mb_tokens = int((tok_cu[mb + 1] - tok_cu[mb]).sum())
             for idx in _chunks(mb, cfg.micro_batch):
                 part, tok = batch.select(idx), _token_index(batch, idx)
                 logp, entropy = _logprobs(policy, part, with_entropy=True)  # (T_part,), (T_part,)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from config import Config, parse_config
 from envs import make_env
-from istar import NonFiniteError, istar_update, score_with_prm
+from istar import NonFiniteError, istar_update
 from model import build_default_model, build_tokenizer, clone_model, load_model, save_model
 from rollout import pack, rollout
 from warmstart import env_corpus, warm_start
@@ -92,7 +92,7 @@ def save_checkpoint(run_dir: Path, iteration: int, policy, prm, policy_opt, prm_
         "iteration": iteration, "env_steps": env_steps,
         "policy": policy.state_dict(), "prm": prm.state_dict(),
         "policy_opt": policy_opt.state_dict(), "prm_opt": prm_opt.state_dict(),
-        "torch_rng": torch.get_rng_state(), "rollout_rng": rngs["rollout"].get_state(),
+        "torch_rng": torch.get_rng_state(), "rollout_rng": rngs["rollout"].get_state(), "shuffle_rng": rngs["shuffle"].get_state(),
         "numpy_rng": rngs["tasks"].bit_generator.state, "python_rng": random.getstate(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -111,6 +111,7 @@ def load_checkpoint(run_dir: Path, policy, prm, policy_opt, prm_opt, rngs: dict)
     prm_opt.load_state_dict(state["prm_opt"])
     torch.set_rng_state(state["torch_rng"])
     rngs["rollout"].set_state(state["rollout_rng"])
+    rngs["shuffle"].set_state(state["shuffle_rng"])
     rngs["tasks"].bit_generator.state = state["numpy_rng"]
     random.setstate(state["python_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
@@ -142,7 +143,7 @@ def evaluate(policy, tokenizer, make, cfg: Config, device) -> dict:
     seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + cfg.eval_tasks))
     out = {}
     for name, temperature in (("greedy", 0.0), ("sampled", cfg.eval_temperature)):
-        gen = torch.Generator().manual_seed(12345)  # fixed: evaluation never touches the training RNG
+        gen = torch.Generator(device=device).manual_seed(12345)  # fixed: evaluation never touches the training RNG
         trajs = rollout(policy, tokenizer, make, seeds, 1, temperature=temperature, generator=gen, **rollout_kwargs(cfg, device))
         m = env_metrics(trajs, "eval")
         out.update({f"{k}_{name}": v for k, v in m.items()})
@@ -178,8 +179,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    rngs = {"tasks": np.random.default_rng(cfg.seed), "rollout": torch.Generator().manual_seed(cfg.seed)}
     make = env_factory(cfg)
+    rngs = {"tasks": np.random.default_rng(cfg.seed),  # training task seeds
+            "rollout": torch.Generator(device=device).manual_seed(cfg.seed),  # sampling
+            "shuffle": torch.Generator().manual_seed(cfg.seed)}  # PPO minibatch order
 
     # --- env, model, PRM setup ---
     tokenizer, policy, prm, policy_opt, prm_opt = build_models(cfg, make, device, run_dir)
@@ -218,13 +221,13 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         policy.train()
         try:
             with autocast(cfg, device):
-                stats = istar_update(policy, prm, policy_opt, prm_opt, batch, cfg, ref_policy, rngs["rollout"])
+                stats = istar_update(policy, prm, policy_opt, prm_opt, batch, cfg, ref_policy, rngs["shuffle"])
         except NonFiniteError as err:
             path = save_checkpoint(run_dir, it - 1, policy, prm, policy_opt, prm_opt, rngs, env_steps)
             raise SystemExit(f"iteration {it}: {err}. Parameters are still finite; saved them to {path}. "
                              "Lower --lr/--prm-lr or check the env's rewards, then --resume.") from err
         env_steps += sum(t.num_steps for t in trajs)
-        gen_tokens = sum(len(t.old_logp) for t in trajs)
+        gen_tokens = sum(len(t.logp) for t in trajs)
         row = {"iteration": it, "env_steps": env_steps, **env_metrics(trajs), **stats,
                "perf/tokens_per_s": gen_tokens / max(t_roll, 1e-9), "perf/rollout_s": t_roll, "perf/iter_s": time.time() - t0}
         # TRY NOT TO MODIFY: evaluation, logging, checkpoints

@@ -1,0 +1,254 @@
+"""The policy / implicit-PRM language model: tokenizer, model builders, chat format, token log-probs.
+
+What this file gives the rest of istar:
+* ``build_tokenizer`` trains a small byte-level BPE on env text (no download), with the special
+  tokens of a tiny chat format; ``build_default_model`` builds a Llama of a few million parameters
+  from a ``transformers`` config. ``load_model`` / ``save_model`` handle any local Hugging Face
+  causal-LM directory, so a real checkpoint (e.g. Qwen2.5-7B-Instruct, the paper's base) drops in.
+* The chat format lives here and only here: ``format_prompt`` (system + first observation),
+  ``format_observation`` (close the assistant turn, next observation, open the assistant turn) and
+  ``encode_action``. A tokenizer with a chat template is used through that template; ours uses
+
+      <|system|>{system}<|end|><|user|>{obs 1}<|end|><|assistant|>{action 1}<|end|><|user|>{obs 2}...
+
+* ``token_logprobs``: log π(y_k | y_<k) of every action token, the quantity behind the implicit
+  step reward of paper Eq. 1 (paper.md E1: r_φ = β Σ_k [log π_φ(y_k|·) − log π_θold(y_k|·)]) and
+  the PPO ratio of paper Eq. 6 (paper.md E8). It computes the vocabulary log-softmax in fp32 only at
+  action positions, chunked over rows, and returns them packed (row-major over ``action_mask``).
+* ``clone_model``: the implicit PRM π_φ starts as a copy of the policy (paper.md E3).
+
+Shapes: R rows, L padded row length, T action tokens (= action_mask.sum()), H hidden, V vocab.
+
+References:
+  1) iStar, Liu et al. 2025, https://arxiv.org/abs/2509.19199 (paper.md E1, E3, E8)
+  2) Hugging Face tokenizers BPE trainer, https://huggingface.co/docs/tokenizers/api/trainers
+  3) Chunked/gathered log-prob computation as in verl's ``logprobs_from_logits`` and
+     Liger's fused linear cross entropy: never materialise (R, L, V) fp32 logits.
+
+Deviations from the paper:
+  1) The paper fine-tunes Qwen2.5-(VL)-7B-Instruct; our default is a from-scratch Llama of a few
+     million parameters so the whole pipeline runs on CPU. Any local HF causal LM loads instead.
+  2) Sokoban observations are text, not images (paper.md "Environments as used").
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+# The tiny chat format. Role markers are special (skipped when decoding an action to text);
+# the action/think tags are ordinary added tokens, so they survive decoding and the env sees them.
+PAD, EOS, END = "<|pad|>", "<|eos|>", "<|end|>"
+ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+TAG_TOKENS = ["<action>", "</action>", "<think>", "</think>"]
+SPECIAL_TOKENS = [PAD, EOS, END, *ROLE_TOKENS.values()]
+
+# A placeholder assistant message used to cut a chat template into incremental pieces.
+_PLACEHOLDER = "\u2063ISTAR_PLACEHOLDER\u2063"
+
+
+# -- tokenizer ----------------------------------------------------------------------------------
+def build_tokenizer(texts: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts`` (system prompts, observations, expert actions).
+
+    Byte-level means every string is encodable (no unknown token), so any model output can be
+    decoded and re-encoded. The trainer stops early when the texts offer fewer merges.
+    """
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+        raise TypeError("build_tokenizer(texts=...): expected a list of strings")
+    if vocab_size < 256 + len(SPECIAL_TOKENS) + len(TAG_TOKENS):
+        raise ValueError(f"build_tokenizer(vocab_size={vocab_size}): need at least 256 bytes + special tokens")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(TAG_TOKENS),
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, even unseen ones
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS,
+        extra_special_tokens={"end_token": END, **{f"{r}_token": t for r, t in ROLE_TOKENS.items()}},
+    )
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _tiny_id(tokenizer, token: str) -> int:
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if tid is None or tid == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer has no chat template and no {token!r} token; build it with build_tokenizer")
+    return int(tid)
+
+
+def format_turn(tokenizer, role: str, text: str) -> list[int]:
+    """One complete turn of the tiny format: ``<|role|>text<|end|>`` (no chat template path)."""
+    if role not in ROLE_TOKENS:
+        raise ValueError(f"format_turn(role={role!r}): expected one of {sorted(ROLE_TOKENS)}")
+    return [_tiny_id(tokenizer, ROLE_TOKENS[role]), *_encode(tokenizer, text), _tiny_id(tokenizer, END)]
+
+
+def _template(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def format_prompt(tokenizer, system: str, observation: str) -> list[int]:
+    """Context before the first action: [system turn][user turn: first observation][assistant prefix]."""
+    if has_chat_template(tokenizer):
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": observation}]
+        return _encode(tokenizer, _template(tokenizer, msgs, True))
+    head = format_turn(tokenizer, "system", system) if system else []
+    return head + format_turn(tokenizer, "user", observation) + [_tiny_id(tokenizer, ROLE_TOKENS["assistant"])]
+
+
+def format_observation(tokenizer, observation: str) -> list[int]:
+    """Context between two actions: [end of assistant turn][user turn: observation][assistant prefix].
+
+    With a chat template the piece is the text the template puts after an assistant message,
+    found by rendering a conversation whose assistant message is a placeholder.
+    """
+    if has_chat_template(tokenizer):
+        msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": _PLACEHOLDER},
+                {"role": "user", "content": observation}]
+        text = _template(tokenizer, msgs, True)
+        if _PLACEHOLDER not in text:
+            raise ValueError("the tokenizer's chat template drops assistant messages; cannot split it into turns")
+        return _encode(tokenizer, text.split(_PLACEHOLDER, 1)[1])
+    return [_tiny_id(tokenizer, END)] + format_turn(tokenizer, "user", observation) + [
+        _tiny_id(tokenizer, ROLE_TOKENS["assistant"])]
+
+
+def encode_action(tokenizer, text: str) -> list[int]:
+    """Token ids of an action as the model would write it (used for warm-start demonstrations)."""
+    return _encode(tokenizer, text)
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Ids that end an action when generated: EOS, our ``<|end|>``, and the model's own EOS ids."""
+    ids = {tokenizer.eos_token_id}
+    end = tokenizer.convert_tokens_to_ids(END)
+    if end is not None and end != tokenizer.unk_token_id:
+        ids.add(end)
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+    return sorted(int(i) for i in ids if i is not None)
+
+
+# -- model --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of a from-scratch Llama (the default policy / PRM backbone)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 2048
+
+
+MODEL_SIZES = {
+    "small": ModelConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=688),  # 3.25 M params at vocab 1024
+    "tiny": ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_position_embeddings=1024),
+}
+
+
+def build_default_model(tokenizer, size: str = "small", seed: int | None = None) -> LlamaForCausalLM:
+    """A randomly initialised Llama sized by ``MODEL_SIZES[size]``; nothing is downloaded."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"build_default_model(size={size!r}): expected one of {sorted(MODEL_SIZES)}")
+    c = MODEL_SIZES[size]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads, num_key_value_heads=c.num_heads, intermediate_size=c.intermediate_size,
+        max_position_embeddings=c.max_position_embeddings, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    return model
+
+
+def load_model(path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load (model, tokenizer) from a local Hugging Face directory; never touches the network."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"load_model(path={path!r}): not a directory")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token_id is None:  # many chat checkpoints ship without a pad token
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device)
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def clone_model(model):
+    """An independent copy (same weights, own parameters): the PRM π_φ initialised from the policy."""
+    return copy.deepcopy(model)
+
+
+# -- log-probs ----------------------------------------------------------------------------------
+def _final_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    logits = model.get_output_embeddings()(hidden).float()  # (t, V) fp32 from here on
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-style soft cap, if any
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
+                   chunk_rows: int = 16, with_entropy: bool = False):
+    """log π(y_p | y_<p) for every position p with ``action_mask[r, p]``, packed row-major: (T,).
+
+    Position p is predicted by the hidden state at p-1, so ``action_mask[:, 0]`` must be False.
+    Only the T gathered hidden states go through ``lm_head`` and the fp32 log-softmax: memory is
+    O(chunk tokens · V), not O(R · L · V). Rows may be left- or right-padded: position ids come
+    from the attention mask. Gradients flow. With ``with_entropy`` also returns the entropy
+    H = −Σ_v π_v log π_v of the same T next-token distributions (T,).
+    """
+    if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape or input_ids.shape != action_mask.shape:
+        raise ValueError(f"token_logprobs: input_ids, attention_mask, action_mask must all be (R, L); got "
+                         f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(action_mask.shape)}")
+    action_mask = action_mask.bool()
+    if action_mask[:, 0].any():
+        raise ValueError("token_logprobs: action_mask[:, 0] must be False (the first token has no prediction)")
+    if chunk_rows < 1:
+        raise ValueError(f"token_logprobs(chunk_rows={chunk_rows}): expected >= 1")
+    decoder = model.get_decoder()
+    logps, ents = [], []
+    for s in range(0, input_ids.shape[0], chunk_rows):
+        ids, am, act = input_ids[s:s + chunk_rows], attention_mask[s:s + chunk_rows], action_mask[s:s + chunk_rows]
+        if not act.any():
+            continue
+        pos = (am.long().cumsum(-1) - 1).clamp(min=0)  # (r, L) padding-agnostic positions
+        hidden = decoder(input_ids=ids, attention_mask=am, position_ids=pos).last_hidden_state  # (r, L, H)
+        pred = act[:, 1:]  # (r, L-1) True where position p+1 is an action token
+        logits = _final_logits(model, hidden[:, :-1][pred])  # (t, V) only at the asked positions
+        logp_all = F.log_softmax(logits, dim=-1)  # (t, V) fp32
+        logps.append(logp_all.gather(-1, ids[:, 1:][pred].unsqueeze(-1)).squeeze(-1))  # (t,)
+        if with_entropy:
+            ents.append(-(logp_all.exp() * logp_all).sum(-1))  # (t,)
+    device = input_ids.device
+    logp = torch.cat(logps) if logps else torch.zeros(0, device=device)  # (T,)
+    if with_entropy:
+        return logp, (torch.cat(ents) if ents else torch.zeros(0, device=device))
+    return logp

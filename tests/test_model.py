@@ -1,0 +1,158 @@
+"""model.py: tokenizer, chat format, builders, save/load, and token_logprobs against a full log-softmax."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from model import (MODEL_SIZES, TAG_TOKENS, build_default_model, build_tokenizer, clone_model, encode_action,
+                   format_observation, format_prompt, format_turn, load_model, save_model, token_logprobs)
+
+TEXTS = ["You are a helpful agent. Answer with <action>...</action>.", "Say 12.", "Say 7.",
+         "<think>the number is 12</think><action>12</action>", "Room:\n#__O#\n#P_X#\n"] * 4
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer(TEXTS, vocab_size=320)
+
+
+@pytest.fixture(scope="module")
+def tiny(tok):
+    return build_default_model(tok, "tiny", seed=0).eval()
+
+
+@settings(deadline=None, max_examples=40)
+@given(text=st.text(max_size=40))
+@example(text="<action>up</action>√ é\n\t")
+def test_tokenizer_round_trips_any_text(tok, text):
+    # byte-level: every string encodes, and decodes back exactly (model output is never unencodable)
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+def test_tags_are_single_tokens_and_survive_decoding(tok):
+    for tag in TAG_TOKENS:
+        assert len(encode_action(tok, tag)) == 1, tag
+    ids = encode_action(tok, "<action>12</action>") + [tok.eos_token_id]
+    assert tok.decode(ids, skip_special_tokens=True) == "<action>12</action>"
+
+
+def test_tiny_chat_format(tok):
+    prompt = format_prompt(tok, "SYS", "Say 7.")
+    assert tok.decode(prompt) == "<|system|>SYS<|end|><|user|>Say 7.<|end|><|assistant|>"
+    assert tok.decode(format_observation(tok, "Say 12.")) == "<|end|><|user|>Say 12.<|end|><|assistant|>"
+    assert tok.decode(format_prompt(tok, "", "x")) == "<|user|>x<|end|><|assistant|>"
+    with pytest.raises(ValueError, match="role"):
+        format_turn(tok, "robot", "x")
+
+
+def test_chat_template_pieces_concatenate_to_the_full_rendering(tmp_path, tok):
+    save_model(build_default_model(tok, "tiny", seed=0), tok, str(tmp_path))
+    _, chat_tok = load_model(str(tmp_path))
+    chat_tok.chat_template = CHATML
+    acts = ["<action>7</action>", "<action>12</action>"]
+    ids = format_prompt(chat_tok, "SYS", "Say 7.") + encode_action(chat_tok, acts[0]) + \
+        format_observation(chat_tok, "Say 12.") + encode_action(chat_tok, acts[1])
+    msgs = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "Say 7."},
+            {"role": "assistant", "content": acts[0]}, {"role": "user", "content": "Say 12."},
+            {"role": "assistant", "content": acts[1]}]
+    full = chat_tok.apply_chat_template(msgs, tokenize=False)
+    assert full.startswith(chat_tok.decode(ids)) and full[len(chat_tok.decode(ids)):] == "<|im_end|>\n"
+
+
+def test_model_sizes_and_save_load_round_trip(tmp_path, tok, tiny):
+    small = build_default_model(tok, "small", seed=0)
+    n_small = sum(p.numel() for p in small.parameters())
+    assert 1e6 < n_small < 10e6, n_small
+    assert small.config.hidden_size == MODEL_SIZES["small"].hidden_size
+    save_model(tiny, tok, str(tmp_path))
+    loaded, tok2 = load_model(str(tmp_path), "cpu", torch.float32)
+    x = torch.tensor([format_prompt(tok, "SYS", "Say 7.")])
+    assert format_prompt(tok2, "SYS", "Say 7.") == x[0].tolist()
+    torch.testing.assert_close(loaded(x).logits, tiny(x).logits)
+    with pytest.raises(FileNotFoundError, match="path"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="size"):
+        build_default_model(tok, "huge")
+
+
+def test_clone_model_is_independent(tok, tiny):
+    clone = clone_model(tiny)
+    x = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(clone(x).logits, tiny(x).logits)
+    with torch.no_grad():
+        next(clone.parameters()).add_(1.0)
+    assert not torch.allclose(clone(x).logits, tiny(x).logits)
+
+
+def _reference(model, ids, am, act):
+    """Full-vocabulary fp32 log-softmax at every position, then gather: the spec."""
+    pos = (am.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=am, position_ids=pos).logits.float()  # (R, L, V)
+    logp = F.log_softmax(logits[:, :-1], -1)  # (R, L-1, V) predicts positions 1..L-1
+    pred = act[:, 1:]
+    ref = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)[pred]  # (T,) row-major
+    ent = -(logp.exp() * logp).sum(-1)[pred]  # (T,)
+    return ref, ent
+
+
+@st.composite
+def ragged_rows(draw):
+    """R rows of different lengths, left- or right-padded, with a random action mask inside each row."""
+    n = draw(st.integers(1, 5))
+    lengths = draw(st.lists(st.integers(2, 24), min_size=n, max_size=n))
+    left = draw(st.booleans())
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    width = max(lengths)
+    ids = torch.randint(3, 300, (n, width), generator=gen)
+    am = torch.zeros(n, width, dtype=torch.long)
+    act = torch.rand(n, width, generator=gen) < 0.5
+    for r, length in enumerate(lengths):
+        cols = slice(width - length, width) if left else slice(0, length)
+        am[r, cols] = 1
+        act[r, cols.start] = False  # first real token has no prediction
+    act &= am.bool()
+    act[:, 0] = False
+    return ids, am, act, draw(st.integers(1, 4))
+
+
+@settings(deadline=None, max_examples=25)
+@given(batch=ragged_rows())
+def test_token_logprobs_matches_full_log_softmax(tiny, batch):
+    ids, am, act, chunk = batch
+    ref, ref_ent = _reference(tiny, ids, am, act)
+    tri, tri_ent = token_logprobs(tiny, ids, am, act, chunk_rows=chunk, with_entropy=True)
+    assert tri.shape == (int(act.sum()),)
+    torch.testing.assert_close(tri, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tri_ent, ref_ent, atol=1e-5, rtol=1e-5)
+
+
+def test_token_logprobs_gradient_matches_reference(tok):
+    model = build_default_model(tok, "tiny", seed=1)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 300, (3, 12), generator=gen)
+    am = torch.ones_like(ids)
+    am[1, 9:] = 0
+    act = (torch.rand(3, 12, generator=gen) < 0.6) & am.bool()
+    act[:, 0] = False
+    dy = torch.randn(int(act.sum()), generator=gen)  # random upstream gradient, not just .sum()
+    grads = []
+    for fn in (lambda: _reference(model, ids, am, act)[0], lambda: token_logprobs(model, ids, am, act, chunk_rows=2)):
+        model.zero_grad()
+        (fn() * dy).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for ref, tri in zip(*grads):
+        torch.testing.assert_close(tri, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_token_logprobs_rejects_bad_arguments(tiny):
+    ids = torch.ones(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="action_mask"):
+        token_logprobs(tiny, ids, torch.ones_like(ids), torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(R, L\)"):
+        token_logprobs(tiny, ids, torch.ones(2, 3), torch.zeros(2, 4, dtype=torch.bool))
+    assert token_logprobs(tiny, ids, torch.ones_like(ids), torch.zeros(2, 4, dtype=torch.bool)).shape == (0,)
