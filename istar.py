@@ -204,6 +204,7 @@ def policy_loss(logp, old_logp, token_adv, step_cu, clip_eps=0.2, dual_clip=3.0,
 
 def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None, generator=None) -> dict:
     """PPO epochs over the batch: `minibatches` optimiser steps per epoch, micro-batched forwards."""
+    _check_finite("token advantage", token_adv)  # before any optimiser step: nothing is applied
     totals: dict[str, float] = {}
     count = 0
     for _ in range(cfg.ppo_epochs):

@@ -151,11 +151,12 @@ def evaluate(policy, tokenizer, make, cfg: Config, device) -> dict:
 
 
 def log_metrics(run_dir: Path, row: dict, writer=None) -> None:
+    row = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}  # strict JSON
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     if writer is not None:
         for k, v in row.items():
-            if isinstance(v, (int, float)) and k not in ("iteration", "env_steps"):
+            if isinstance(v, (int, float)) and v is not None and k not in ("iteration", "env_steps"):
                 writer.add_scalar(k, v, row["env_steps"])
 
 

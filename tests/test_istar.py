@@ -1,0 +1,188 @@
+"""One iStar iteration: the PRM really trains (E3), micro-batching is exact, PPO-clip math (E8)."""
+import copy
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from config import Config
+from envs import make_env
+from istar import NonFiniteError, compute_advantages, istar_update, policy_loss, update_policy, update_prm
+from model import build_default_model, build_tokenizer, token_logprobs
+from prm import step_rewards, trajectory_scores
+from rollout import pack, rollout
+from warmstart import env_corpus
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A tiny model, and one packed Sokoban batch of 3 tasks x 4 rollouts with fixed win labels."""
+    torch.manual_seed(0)
+    make = lambda: make_env("sokoban", max_steps=3)  # noqa: E731
+    tok = build_tokenizer(env_corpus(make, range(20)), vocab_size=300)
+    policy = build_default_model(tok, "tiny", seed=0)
+    trajs = rollout(policy, tok, make, [1, 2, 3], 4, temperature=1.0, max_action_tokens=8, generator=torch.Generator().manual_seed(0))
+    batch = pack(trajs, "cpu", tok.pad_token_id)
+    batch.won = torch.tensor([1, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0]).bool()  # pairs per group: 2x2, 2x2, 1x3
+    batch.outcome = batch.won.float()
+    return tok, policy, batch
+
+
+def cfg_for(**kw):
+    base = dict(model_size="tiny", micro_batch=64, minibatches=2, prm_lr=1e-3, lr=1e-3, kernels="reference")
+    return Config(**{**base, **kw})
+
+
+def full_batch_prm_grad(prm, batch, old_logp, cfg):
+    """Reference: the DPO loss on the whole batch in one autograd graph."""
+    from prm import preference_pairs, trajectory_dpo_loss
+
+    prm_logp = token_logprobs(prm, batch.input_ids, batch.attention_mask, batch.action_mask)
+    q = trajectory_scores(step_rewards(prm_logp, old_logp, batch.step_cu, cfg.beta, impl="reference"), batch.traj_cu, cfg.q_reduce)
+    loss, _ = trajectory_dpo_loss(q, preference_pairs(batch.won, batch.outcome, batch.group_cu))
+    loss.backward()
+    return {n: p.grad.clone() for n, p in prm.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("micro_batch", [1, 5, 64])
+def test_two_phase_prm_gradient_equals_the_full_batch_gradient(setup, micro_batch):
+    tok, policy, batch = setup
+    cfg = cfg_for(micro_batch=micro_batch)
+    old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
+    prm = copy.deepcopy(policy)
+    with torch.no_grad():  # make the PRM differ from π_old so rewards are not all zero
+        for p in prm.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ref_prm = copy.deepcopy(prm)
+    ref = full_batch_prm_grad(ref_prm, batch, old_logp, cfg)
+    captured = {}
+
+    class Capture(torch.optim.SGD):
+        def step(self, closure=None):
+            captured.update({n: p.grad.clone() for n, p in prm.named_parameters() if p.grad is not None})
+
+    cfg = dataclasses.replace(cfg, prm_grad_clip=1e9)
+    update_prm(prm, Capture(prm.parameters(), lr=0.0), batch, old_logp, cfg)
+    assert captured.keys() == ref.keys()
+    for name in ref:
+        torch.testing.assert_close(captured[name], ref[name], atol=1e-6, rtol=1e-4)
+
+
+def test_prm_parameters_move_and_pair_accuracy_rises(setup):
+    """The released code never trains its PRM (paper.md warning); ours must."""
+    tok, policy, batch = setup
+    cfg = cfg_for()
+    old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
+    prm = copy.deepcopy(policy)
+    before = [p.detach().clone() for p in prm.parameters()]
+    opt = torch.optim.AdamW(prm.parameters(), lr=cfg.prm_lr)
+    accs = []
+    for _ in range(15):
+        _, stats = update_prm(prm, opt, batch, old_logp, cfg)
+        accs.append(stats["prm/acc"])
+    assert stats["prm/num_pairs"] == 4 + 4 + 3
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, prm.parameters()))
+    assert accs[0] <= 0.75 and accs[-1] == 1.0, accs
+    assert stats["prm/dpo_loss"] < 0.69
+
+
+def test_prm_rewards_come_from_the_pre_update_prm_by_default(setup):
+    tok, policy, batch = setup
+    old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
+    prm = copy.deepcopy(policy)
+    opt = torch.optim.AdamW(prm.parameters(), lr=1e-2)
+    r_before, _ = update_prm(prm, opt, batch, old_logp, cfg_for())  # PRM == π_old before: rewards exactly 0
+    assert torch.equal(r_before, torch.zeros_like(r_before))
+    prm2, opt2 = copy.deepcopy(policy), None
+    opt2 = torch.optim.AdamW(prm2.parameters(), lr=1e-2)
+    r_after, _ = update_prm(prm2, opt2, batch, old_logp, cfg_for(prm_order="after"))
+    assert r_after.abs().sum() > 0
+
+
+def test_alpha_zero_and_no_istar_give_the_base_algorithm(setup):
+    _, _, batch = setup
+    r = torch.randn(batch.step_cu.numel() - 1)
+    a0, _ = compute_advantages(batch, r, cfg_for(step_adv_coef=0.0))
+    base, _ = compute_advantages(batch, None, cfg_for())
+    torch.testing.assert_close(a0, base)
+    tok_r = torch.randn(int(batch.step_cu[-1]))  # PRIME ablation: token-level rewards
+    a_tok, stats = compute_advantages(batch, tok_r, cfg_for(granularity="token"))
+    assert a_tok.shape == base.shape and torch.isfinite(a_tok).all() and stats["adv/step_std"] > 0
+
+
+@st.composite
+def ppo_case(draw):
+    lens = draw(st.lists(st.integers(1, 5), min_size=1, max_size=8))
+    step_cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist())
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    T = int(step_cu[-1])
+    old = -torch.rand(T, generator=gen) * 3
+    new = old + 0.5 * torch.randn(T, generator=gen)
+    adv = torch.repeat_interleave(torch.randn(len(lens), generator=gen), torch.tensor(lens))
+    return new, old, adv, step_cu
+
+
+@settings(deadline=None, max_examples=40)
+@given(ppo_case())
+def test_ppo_clip_loss_matches_its_definition(case):
+    new, old, adv, step_cu = case
+    # ratio 1: loss = −mean A, nothing clipped
+    loss, stats = policy_loss(old.clone(), old, adv, step_cu)
+    torch.testing.assert_close(loss, -adv.mean())
+    assert stats["policy/clip_frac"] == 0.0
+    # the general token-level case against a direct formula
+    new = new.clone().requires_grad_(True)
+    loss, _ = policy_loss(new, old, adv, step_cu, clip_eps=0.2, dual_clip=0.0)
+    ratio = (new - old).exp()
+    expected = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+    torch.testing.assert_close(loss, expected)
+    # tokens clipped on the profitable side get no gradient
+    loss.backward()
+    dead = ((adv > 0) & (ratio > 1.2)) | ((adv < 0) & (ratio < 0.8))
+    assert torch.all(new.grad[dead] == 0)
+    # dual clip bounds the loss of a negative advantage by −c·A
+    loss_dc, _ = policy_loss(new.detach(), old, adv, step_cu, dual_clip=3.0)
+    terms = torch.where(adv < 0, torch.minimum(-torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv), -3.0 * adv),
+                        -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv))
+    torch.testing.assert_close(loss_dc, terms.detach().mean())
+
+
+def test_step_level_ratio_is_the_product_of_token_ratios():
+    old = torch.tensor([-1.0, -2.0, -0.5])
+    new = torch.tensor([-0.9, -2.1, -0.3])
+    step_cu = torch.tensor([0, 2, 3])
+    adv = torch.tensor([1.0, 1.0, -1.0])
+    loss, _ = policy_loss(new, old, adv, step_cu, ratio_level="step", dual_clip=0.0)
+    rho = torch.tensor([torch.exp(torch.tensor(0.1 - 0.1)), torch.exp(torch.tensor(0.2))])  # step 1: e^0, step 2: e^0.2
+    expected = -torch.stack([torch.min(rho[0] * 1, rho[0].clamp(0.8, 1.2)), torch.min(rho[1] * -1, rho[1].clamp(0.8, 1.2) * -1)]).mean()
+    torch.testing.assert_close(loss, expected)
+    # 1-token steps: step level == token level
+    one = torch.arange(4)
+    a, _ = policy_loss(new, old, adv, one, ratio_level="step")
+    b, _ = policy_loss(new, old, adv, one, ratio_level="token")
+    torch.testing.assert_close(a, b)
+
+
+def test_istar_update_moves_the_policy_and_nan_stops_it(setup):
+    tok, policy, batch = setup
+    policy, prm = copy.deepcopy(policy), copy.deepcopy(policy)
+    cfg = cfg_for()
+    popt, ropt = torch.optim.AdamW(policy.parameters(), lr=1e-3), torch.optim.AdamW(prm.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in policy.parameters()]
+    stats = istar_update(policy, prm, popt, ropt, batch, cfg, generator=torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values() if isinstance(v, float) and v == v)
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, policy.parameters()))
+    bad = copy.copy(batch)
+    bad.outcome = batch.outcome.clone()
+    bad.outcome[0] = float("nan")
+    with pytest.raises(NonFiniteError, match="advantage"):
+        istar_update(policy, prm, popt, ropt, bad, dataclasses.replace(cfg, istar=False))
+    snapshot = [p.detach().clone() for p in policy.parameters()]
+    adv = torch.zeros(int(batch.step_cu[-1]))
+    adv[0] = float("inf")
+    old = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
+    with pytest.raises(NonFiniteError):
+        update_policy(policy, popt, batch, old, adv, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, policy.parameters()))  # nothing applied
