@@ -76,6 +76,8 @@ class Config:
     eval_temperature: float = knob(0.4, "temperature of the sampled evaluation (paper: 0.4); greedy is also reported", "logging")
     save_every: int = knob(10, "checkpoint every K iterations (and at the end)", "logging")
     tensorboard: bool = knob(False, "also write TensorBoard logs (needs the tensorboard package)", "logging")
+    # --- distributed (torchrun data parallelism; distributed.py) ---------------------------------
+    fsdp: bool = knob(False, "under torchrun, shard policy and PRM with FSDP2 (fully_shard) instead of full copies per rank", "distributed")
 
     @property
     def kernel_impl(self) -> str | None:

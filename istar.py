@@ -33,6 +33,11 @@ Deviations from the paper:
      our samples are whole trajectories.
   4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar,
      so the two differ only in the granularity of the reward and the PRM's loss.
+
+Data parallelism (distributed.py): `batch` holds this rank's whole groups. Losses are weighted by
+their share of the global count (PPO minibatch tokens, DPO pairs) and gradients summed over ranks
+(`sync_grads`), so K ranks take the same optimiser steps as one; batch-wide statistics
+(REINFORCE++ whitening, E4's max |r|, logged means) are all-reduced. One process: unchanged.
 """
 from __future__ import annotations
 
@@ -40,7 +45,8 @@ import math
 
 import torch
 
-from advantage import combined_advantage, episode_advantage, scale_step_rewards
+import distributed
+from advantage import EPS, combined_advantage, episode_advantage, grpo_advantage, scale_step_rewards
 from model import token_logprobs
 from prm import prime_ce_loss, preference_pairs, step_rewards, token_rewards, trajectory_dpo_loss, trajectory_scores
 
@@ -66,13 +72,22 @@ def _token_index(batch, traj_idx: torch.Tensor) -> torch.Tensor:
 
 
 def _logprobs(model, batch, with_entropy=False):
+    if distributed.is_sharded(model):  # FSDP2: route through the root's forward so its hooks gather the weights
+        return model(batch.input_ids, batch.attention_mask, batch.action_mask, with_entropy=with_entropy)
     return token_logprobs(model, batch.input_ids, batch.attention_mask, batch.action_mask, with_entropy=with_entropy)
+
+
+def _padded_chunks(indices: torch.Tensor, size: int, model):
+    """``_chunks``, then (FSDP only) padding chunks ``None`` until every rank runs as many as the busiest."""
+    chunks = list(_chunks(indices, size))
+    return chunks + [None] * (distributed.pad_count(len(chunks), model) - len(chunks))
 
 
 @torch.no_grad()
 def recompute_old_logp(policy, batch, micro_batch: int) -> torch.Tensor:
     """log π_θold of every action token (T,): the policy that sampled the batch, before its update."""
-    parts = [_logprobs(policy, batch.select(idx)) for idx in _chunks(torch.arange(batch.num_traj), micro_batch)]
+    with distributed.gathered(policy):
+        parts = [_logprobs(policy, batch.select(idx)) for idx in _chunks(torch.arange(batch.num_traj), micro_batch)]
     return torch.cat(parts).float()  # (T,)
 
 
@@ -98,7 +113,7 @@ def _prm_loss(q, batch, cfg):
 def score_with_prm(prm, batch, old_logp, cfg) -> torch.Tensor:
     """No-grad PRM forward over the whole batch: the implicit rewards (S,) or (T,) for token granularity."""
     rewards = []
-    with torch.no_grad():
+    with torch.no_grad(), distributed.gathered(prm):
         for idx in _chunks(torch.arange(batch.num_traj), cfg.micro_batch):
             part = batch.select(idx)
             r, _ = _prm_rewards(_logprobs(prm, part).float(), old_logp[_token_index(batch, idx)], part, cfg)
@@ -118,15 +133,20 @@ def update_prm(prm, prm_opt, batch, old_logp, cfg) -> tuple[torch.Tensor, dict]:
     q_leaf = q.detach().requires_grad_(True)
     loss, stats = _prm_loss(q_leaf, batch, cfg)
     _check_finite("prm loss", loss.detach())
+    if distributed.world_size() > 1:  # the loss is a mean over all pairs (trajectories for E9) of all ranks
+        loss, stats = _global_prm_loss(loss, stats, batch, cfg)
     prm_opt.zero_grad(set_to_none=True)
     if stats["prm/num_pairs"] > 0 or cfg.granularity == "token":
         loss.backward()
         grad_q = q_leaf.grad  # (N,) ∂L/∂Q
         used = grad_q.nonzero(as_tuple=True)[0]  # trajectories in a pair
-        for idx in _chunks(used, cfg.micro_batch):
+        for idx in _padded_chunks(used, cfg.micro_batch, prm):
+            weight = 1.0 if idx is not None else 0.0  # a padding chunk (FSDP lockstep) adds no gradient
+            idx = idx if idx is not None else torch.zeros(1, dtype=torch.long)
             part = batch.select(idx)
             _, q_part = _prm_rewards(_logprobs(prm, part).float(), old_logp[_token_index(batch, idx)], part, cfg)
-            (q_part * grad_q[idx]).sum().backward()  # Σ g_i Q_i: same gradient as the full loss
+            (q_part * grad_q[idx] * weight).sum().backward()  # Σ g_i Q_i: same gradient as the full loss
+        distributed.sync_grads(prm)
         stats["prm/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(prm.parameters(), cfg.prm_grad_clip))
         if not math.isfinite(stats["prm/grad_norm"]):
             raise NonFiniteError("prm gradient norm is NaN/inf; update stopped")
@@ -136,9 +156,22 @@ def update_prm(prm, prm_opt, batch, old_logp, cfg) -> tuple[torch.Tensor, dict]:
         stats["prm/updated"] = 0.0  # no pair in the batch: the PRM is not updated (paper.md E3)
     if cfg.prm_order == "after":
         reward = score_with_prm(prm, batch, old_logp, cfg)
-    stats["prm/reward_mean"] = reward.mean().item()
-    stats["prm/reward_std"] = reward.std().item() if reward.numel() > 1 else 0.0
+    stats["prm/reward_mean"], stats["prm/reward_std"] = distributed.mean_std(reward)
     return reward.detach(), stats
+
+
+def _global_prm_loss(loss, stats, batch, cfg):
+    """Reweight this rank's mean loss by its share of the global pair (E3) or trajectory (E9) count;
+    logged means become means over all ranks' pairs."""
+    n_local = stats["prm/num_pairs"] if cfg.granularity == "step" else batch.num_traj
+    keys = [k for k in ("prm/dpo_loss", "prm/ce_loss", "prm/acc", "prm/margin") if k in stats]
+    sums = distributed.all_sum([n_local] + [stats[k] * n_local if n_local else 0.0 for k in keys])
+    n_all = sums[0]
+    stats = {**stats, **{k: (v / n_all if n_all else float("nan")) for k, v in zip(keys, sums[1:])}}
+    if cfg.granularity == "step":
+        stats["prm/num_pairs"] = int(n_all)
+        stats["prm/dpo_loss"] = stats["prm/dpo_loss"] if n_all else 0.0
+    return loss * (n_local / n_all if n_all else 0.0), stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,13 +179,22 @@ def update_prm(prm, prm_opt, batch, old_logp, cfg) -> tuple[torch.Tensor, dict]:
 # ---------------------------------------------------------------------------------------------
 def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tuple[torch.Tensor, dict]:
     """Token advantages (T,): A^E of the base algorithm + α·A^S when iStar is on (E5-E7)."""
-    episode_adv = episode_advantage(batch.outcome, batch.group_cu, cfg.algo)  # (N,) E5
+    if cfg.algo == "reinforce++" and distributed.world_size() > 1:  # whiten over the global batch, not the shard
+        episode_adv = grpo_advantage(batch.outcome, batch.group_cu, scale=False)  # (N,) R − mean_g R
+        mean, std = distributed.mean_std(episode_adv)
+        n = distributed.all_sum([episode_adv.numel()])[0]
+        episode_adv = (episode_adv - mean) / (std + EPS) if n >= 2 else torch.zeros_like(episode_adv)  # E5
+    else:
+        episode_adv = episode_advantage(batch.outcome, batch.group_cu, cfg.algo)  # (N,) E5
     _check_finite("episode advantage", episode_adv)
-    stats = {"adv/episode_mean": episode_adv.mean().item(), "adv/episode_std": episode_adv.std().item() if episode_adv.numel() > 1 else 0.0}
+    mean, std = distributed.mean_std(episode_adv)
+    stats = {"adv/episode_mean": mean, "adv/episode_std": std}
     if implicit_reward is None:  # the base algorithm alone: broadcast A^E to the tokens
         tokens_per_traj = batch.step_cu[batch.traj_cu[1:]] - batch.step_cu[batch.traj_cu[:-1]]  # (N,)
         return torch.repeat_interleave(episode_adv, tokens_per_traj), stats
-    r = scale_step_rewards(implicit_reward) if cfg.scale_step_rewards else implicit_reward  # E4 (option)
+    r = implicit_reward
+    if cfg.scale_step_rewards:  # E4 (option); the max |r| spans every rank's batch
+        r = scale_step_rewards(r) if distributed.world_size() == 1 else r / (distributed.all_max(r.abs().max()) + 1e-6)
     if cfg.granularity == "token":  # PRIME ablation: every token is its own segment
         step_cu = torch.arange(r.numel() + 1, device=r.device)
         traj_cu = batch.step_cu[batch.traj_cu]
@@ -160,8 +202,8 @@ def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tupl
         step_cu, traj_cu = batch.step_cu, batch.traj_cu
     token_adv, step_adv = combined_advantage(episode_adv, r, step_cu, traj_cu, batch.group_cu, cfg.step_adv_coef, impl=cfg.kernel_impl)  # E6-E7
     _check_finite("token advantage", token_adv)
-    stats["adv/step_std"] = step_adv.std().item() if step_adv.numel() > 1 else 0.0
-    stats["adv/token_std"] = token_adv.std().item() if token_adv.numel() > 1 else 0.0
+    stats["adv/step_std"] = distributed.mean_std(step_adv)[1]
+    stats["adv/token_std"] = distributed.mean_std(token_adv)[1]
     return token_adv, stats
 
 
@@ -203,19 +245,29 @@ def policy_loss(logp, old_logp, token_adv, step_cu, clip_eps=0.2, dual_clip=3.0,
 
 
 def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None, generator=None) -> dict:
-    """PPO epochs over the batch: `minibatches` optimiser steps per epoch, micro-batched forwards."""
+    """PPO epochs over the batch: `minibatches` optimiser steps per epoch, micro-batched forwards.
+
+    Data parallel: the permutation is over the global trajectory indices (same generator on every
+    rank); a rank runs the part of each minibatch it holds, weighted by the minibatch's global tokens.
+    """
     _check_finite("token advantage", token_adv)  # before any optimiser step: nothing is applied
     totals: dict[str, float] = {}
     count = 0
+    tok_cu = batch.step_cu[batch.traj_cu]  # (N+1,) token offsets of each trajectory
+    parts = distributed.gather_objects([(tok_cu[1:] - tok_cu[:-1]).cpu()])  # one (N_r,) per rank
+    lo = sum(t.numel() for t in parts[:distributed.rank()])  # this rank's first global trajectory
+    traj_tokens = torch.cat(parts)  # (N_global,) tokens of every trajectory of every rank
     for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(batch.num_traj, generator=generator)
+        order = torch.randperm(traj_tokens.numel(), generator=generator)
         for mb in torch.tensor_split(order, cfg.minibatches):
             if mb.numel() == 0:
                 continue
             opt.zero_grad(set_to_none=True)
-            tok_cu = batch.step_cu[batch.traj_cu]  # (N+1,) token offsets of each trajectory
-            mb_tokens = int((tok_cu[mb + 1] - tok_cu[mb]).sum())
-            for idx in _chunks(mb, cfg.micro_batch):
+            mb_tokens = int(traj_tokens[mb].sum())  # the token-mean spans the global minibatch
+            local = mb[(mb >= lo) & (mb < lo + batch.num_traj)] - lo  # this rank's trajectories of it
+            for idx in _padded_chunks(local, cfg.micro_batch, policy):
+                weight = 1.0 if idx is not None else 0.0  # a padding chunk (FSDP lockstep) adds no gradient
+                idx = idx if idx is not None else torch.zeros(1, dtype=torch.long)
                 part, tok = batch.select(idx), _token_index(batch, idx)
                 logp, entropy = _logprobs(policy, part, with_entropy=True)  # (T_part,), (T_part,)
                 loss, stats = policy_loss(logp, old_logp[tok], token_adv[tok], part.step_cu, cfg.clip_eps, cfg.dual_clip, cfg.ratio_level)
@@ -228,18 +280,22 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
                     loss = loss + cfg.kl_coef * kl
                     stats["policy/kl_ref"] = kl.item()
                 _check_finite("policy loss", loss.detach())
-                (loss * tok.numel() / mb_tokens).backward()  # token-weighted gradient accumulation
+                (loss * tok.numel() / mb_tokens * weight).backward()  # token-weighted gradient accumulation
+                if not weight:
+                    continue
                 stats["policy/entropy"] = entropy.mean().item()
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
                 count += 1
+            distributed.sync_grads(policy)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
             if not math.isfinite(grad_norm):
                 raise NonFiniteError("policy gradient norm is NaN/inf; update stopped")
             totals["policy/grad_norm"] = totals.get("policy/grad_norm", 0.0) + grad_norm * 1.0
             opt.step()
-    out = {k: v / max(count, 1) for k, v in totals.items() if k != "policy/grad_norm"}
-    out["policy/grad_norm"] = totals.get("policy/grad_norm", 0.0) / max(cfg.ppo_epochs * cfg.minibatches, 1)
+    grad_norm = totals.pop("policy/grad_norm", 0.0)  # the same on every rank (gradients are synchronised)
+    out = distributed.merge_means(totals, count)  # means over every rank's micro-batches
+    out["policy/grad_norm"] = grad_norm / max(cfg.ppo_epochs * cfg.minibatches, 1)
     return out
 
 

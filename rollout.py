@@ -226,6 +226,20 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
+def _sample_per_task(logits, temperature, top_p, generators, row_task: list[int], active: torch.Tensor):
+    """``_sample`` where each task's live rows draw from that task's own generator (in batch order), so a
+    task's trajectories do not depend on which other tasks share the batch: N tasks on one process and
+    the same tasks split across data-parallel ranks sample the same trajectories (distributed.py).
+    Rows whose action has ended draw nothing (their token is discarded anyway)."""
+    tok = logits.argmax(-1)  # (B,) placeholder for ended rows, and the greedy choice
+    if temperature > 0:
+        live = active.nonzero().flatten().tolist()
+        for task in dict.fromkeys(row_task[b] for b in live):  # tasks in order of first row
+            idx = torch.tensor([b for b in live if row_task[b] == task], device=logits.device)
+            tok[idx] = _sample(logits[idx], temperature, top_p, generators[task])[0]
+    return tok, F.log_softmax(logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)  # (B,), (B,)
+
+
 class _Episode:
     def __init__(self, env: Env, traj: Trajectory, prompt: list[int]):
         self.env, self.traj, self.prompt = env, traj, prompt
@@ -260,7 +274,8 @@ def rollout(model, tokenizer, make_env: Callable[[], Env], task_seeds: list[int]
 
     ``max_context`` defaults to the model's ``max_position_embeddings``; ``max_history_steps=None``
     keeps every past step that fits. Greedy when ``temperature == 0``. Sampling uses ``generator``
-    (default: a fresh one seeded with ``seed`` on ``device``), so a call is reproducible on CPU.
+    (default: a fresh one seeded with ``seed`` on ``device``), so a call is reproducible on CPU; a list
+    of generators, one per task seed, gives every task its own stream (``_sample_per_task``).
     Log-probs are recorded at temperature 1 (see the module docstring). Returns the trajectories
     grouped: ``out[i * group_size + g]`` is rollout g of ``task_seeds[i]``, with ``group_id == i``.
     """
@@ -278,6 +293,8 @@ def rollout(model, tokenizer, make_env: Callable[[], Env], task_seeds: list[int]
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(seed)
+    if isinstance(generator, (list, tuple)) and len(generator) != len(task_seeds):
+        raise ValueError(f"rollout: got {len(generator)} generators for {len(task_seeds)} task seeds; expected one per task")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop_ids = stop_token_ids(tokenizer, model)
     budget = max_context - max_action_tokens  # context a row may hold before an action
@@ -328,7 +345,8 @@ def _run(model, tokenizer, episodes, stop_ids, pad_id, budget, max_history_steps
         if closes is None:
             closes = _closing_tokens(tokenizer, logits.shape[1], device)
         kv, toks, lps, lengths, unfed = _decode_action(model, kv, logits, tokenizer, stop_t, closes, pad_id,
-                                                       max_action_tokens, temperature, top_p, generator)
+                                                       max_action_tokens, temperature, top_p, generator,
+                                                       [e.traj.group_id for e in rows])
         # 3. Step the envs; finished episodes leave, others append or start a windowed row.
         keep, fresh = [], []
         for b, e in enumerate(rows):
@@ -380,7 +398,8 @@ def _closes_action(tokenizer, tail: list[int]) -> bool:
     return _ACTION_END_RE.search(tokenizer.decode(tail)) is not None
 
 
-def _decode_action(model, kv, logits, tokenizer, stop_t, closes, pad_id, max_tokens, temperature, top_p, generator):
+def _decode_action(model, kv, logits, tokenizer, stop_t, closes, pad_id, max_tokens, temperature, top_p, generator,
+                   row_task: list[int]):
     """Decode until every row ended its action; returns per row its tokens, log-probs, length and the
     number of its last tokens not yet fed to the cache (0 or 1)."""
     B = logits.shape[0]
@@ -389,7 +408,10 @@ def _decode_action(model, kv, logits, tokenizer, stop_t, closes, pad_id, max_tok
     active = torch.ones(B, dtype=torch.bool, device=logits.device)
     lengths = torch.full((B,), max_tokens, dtype=torch.long, device=logits.device)
     for t in range(max_tokens):
-        tok, lp = _sample(logits, temperature, top_p, generator)  # (B,), (B,)
+        if isinstance(generator, (list, tuple)):
+            tok, lp = _sample_per_task(logits, temperature, top_p, generator, row_task, active)  # (B,), (B,)
+        else:
+            tok, lp = _sample(logits, temperature, top_p, generator)  # (B,), (B,)
         tok_buf[:, t], lp_buf[:, t] = tok, lp
         stop = torch.isin(tok, stop_t)  # (B,)
         for b in (active & closes[tok] & ~stop).nonzero().flatten().tolist():

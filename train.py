@@ -6,12 +6,18 @@
     python train.py --resume runs/sokoban-rloo-istar-s0
     python train.py --plot runs/*                      # learning curves to a PNG
     python train.py --show runs/sokoban-rloo-istar-s0  # replay an episode with its implicit step rewards
+    torchrun --nproc_per_node=K train.py --env sokoban  # K data-parallel ranks (add --fsdp for big models)
 
 The loop is paper.md "The loop" (paper Algorithm 1): roll out N tasks × G rollouts with π_θold,
 update the implicit PRM with the trajectory DPO loss and score every step with it (E1-E3),
 combine episode- and step-level advantages (E5-E7), PPO-clip the policy (E8). The stages live in
 istar.py; this file is the wiring: config → seeding → setup → warm start → loop → logging.
 Config fields are documented in config.py (`--help`); metrics are defined in README.md.
+
+Under torchrun each rank rolls out its share of whole tasks and the updates are synchronised
+(distributed.py: what each rank does); rank 0 alone logs, plots and checkpoints. Training and
+evaluation rollouts give every task its own sampling generator, seeded from (seed, iteration, task),
+so that K ranks sample what one process samples.
 
 Deviations from the paper: the default model is a few-million-parameter Llama built locally and
 warm-started on noisy expert demonstrations (warmstart.py), since it knows nothing otherwise;
@@ -33,11 +39,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import distributed
 from config import Config, parse_config
 from envs import make_env
 from istar import NonFiniteError, istar_update
 from model import build_default_model, build_tokenizer, clone_model, load_model, save_model
-from rollout import pack, rollout
+from rollout import Trajectory, pack, rollout
 from warmstart import env_corpus, warm_start
 
 EVAL_SEED_BASE = 2**31  # held-out tasks: seeds >= 2**31; training tasks are drawn below 2**31
@@ -88,15 +95,18 @@ def build_models(cfg: Config, make, device, run_dir: Path):
 # Checkpoints: written atomically (tmp file + os.replace), everything needed to resume exactly
 # ---------------------------------------------------------------------------------------------
 def save_checkpoint(run_dir: Path, iteration: int, policy, prm, policy_opt, prm_opt, rngs: dict, env_steps: int) -> Path:
+    """Full, unsharded state (the one-process format, so any number of ranks resumes it); rank 0 writes."""
     state = {
         "iteration": iteration, "env_steps": env_steps,
-        "policy": policy.state_dict(), "prm": prm.state_dict(),
-        "policy_opt": policy_opt.state_dict(), "prm_opt": prm_opt.state_dict(),
-        "torch_rng": torch.get_rng_state(), "rollout_rng": rngs["rollout"].get_state(), "shuffle_rng": rngs["shuffle"].get_state(),
+        "policy": distributed.model_state(policy), "prm": distributed.model_state(prm),
+        "policy_opt": distributed.optim_state(policy, policy_opt), "prm_opt": distributed.optim_state(prm, prm_opt),
+        "torch_rng": torch.get_rng_state(), "shuffle_rng": rngs["shuffle"].get_state(),
         "numpy_rng": rngs["tasks"].bit_generator.state, "python_rng": random.getstate(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
     path = run_dir / "checkpoint.pt"
+    if not distributed.is_main():
+        return path
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic on POSIX: a crash leaves the previous checkpoint intact
@@ -110,7 +120,6 @@ def load_checkpoint(run_dir: Path, policy, prm, policy_opt, prm_opt, rngs: dict)
     policy_opt.load_state_dict(state["policy_opt"])
     prm_opt.load_state_dict(state["prm_opt"])
     torch.set_rng_state(state["torch_rng"])
-    rngs["rollout"].set_state(state["rollout_rng"])
     rngs["shuffle"].set_state(state["shuffle_rng"])
     rngs["tasks"].bit_generator.state = state["numpy_rng"]
     random.setstate(state["python_rng"])
@@ -139,15 +148,28 @@ def env_metrics(trajs, prefix="env") -> dict:
 
 @torch.no_grad()
 def evaluate(policy, tokenizer, make, cfg: Config, device) -> dict:
-    """Held-out tasks (seeds ≥ 2**31), one rollout each: greedy and sampled at eval_temperature."""
+    """Held-out tasks (seeds ≥ 2**31), one rollout each: greedy and sampled at eval_temperature.
+    Under torchrun each rank plays its share of the seeds and the episodes are gathered."""
     seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + cfg.eval_tasks))
+    lo, hi = distributed.shard(len(seeds))
     out = {}
     for name, temperature in (("greedy", 0.0), ("sampled", cfg.eval_temperature)):
-        gen = torch.Generator(device=device).manual_seed(12345)  # fixed: evaluation never touches the training RNG
-        trajs = rollout(policy, tokenizer, make, seeds, 1, temperature=temperature, generator=gen, **rollout_kwargs(cfg, device))
-        m = env_metrics(trajs, "eval")
+        gens = distributed.task_generators(seeds, (12345,), device)[lo:hi]  # fixed: never touches the training RNG
+        with distributed.gathered(policy):
+            trajs = rollout(distributed.unwrap(policy), tokenizer, make, seeds[lo:hi], 1, temperature=temperature, generator=gens,
+                            **rollout_kwargs(cfg, device))
+        m = env_metrics(gather_episodes(trajs), "eval")
         out.update({f"{k}_{name}": v for k, v in m.items()})
     return out
+
+
+def gather_episodes(trajs: list[Trajectory]) -> list[Trajectory]:
+    """Every rank's episodes, without their token rows (what env_metrics needs); as is on one process."""
+    if distributed.world_size() == 1:
+        return trajs
+    light = [Trajectory(t.task_seed, t.group_id, step_rewards=t.step_rewards, step_valid=t.step_valid, won=t.won, score=t.score)
+             for t in trajs]
+    return distributed.gather_objects(light)
 
 
 def log_metrics(run_dir: Path, row: dict, writer=None) -> None:
@@ -173,32 +195,42 @@ def truncate_metrics(run_dir: Path, iteration: int) -> None:
 # ---------------------------------------------------------------------------------------------
 def train(cfg: Config, resume: str | None = None) -> dict:
     # --- config, run folder, seeding ---
-    device = resolve_device(cfg)
+    device = distributed.setup(resolve_device(cfg))  # torchrun: join the process group; else unchanged
+    if cfg.fsdp and not torch.distributed.is_initialized():
+        raise ValueError("--fsdp: expected a torchrun launch (torchrun --nproc_per_node=K train.py ... --fsdp)")
+    main = distributed.is_main()
     run_dir = Path(resume) if resume else Path(cfg.out_dir) / (cfg.run_name or f"{cfg.env}-{cfg.algo}{'-istar' if cfg.istar else ''}-s{cfg.seed}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     make = env_factory(cfg)
-    rngs = {"tasks": np.random.default_rng(cfg.seed),  # training task seeds
-            "rollout": torch.Generator(device=device).manual_seed(cfg.seed),  # sampling
+    rngs = {"tasks": np.random.default_rng(cfg.seed),  # training task seeds (sampling: one generator per task)
             "shuffle": torch.Generator().manual_seed(cfg.seed)}  # PPO minibatch order
 
     # --- env, model, PRM setup ---
-    tokenizer, policy, prm, policy_opt, prm_opt = build_models(cfg, make, device, run_dir)
+    with distributed.main_first():  # rank 0 builds and saves the tokenizer, the others then load it
+        tokenizer, policy, prm, policy_opt, prm_opt = build_models(cfg, make, device, run_dir)
     start, env_steps = 0, 0
     if resume:
         start, env_steps = load_checkpoint(run_dir, policy, prm, policy_opt, prm_opt, rngs)
-        truncate_metrics(run_dir, start)
-        print(f"resumed {run_dir} at iteration {start}")
+        if main:
+            truncate_metrics(run_dir, start)
+            print(f"resumed {run_dir} at iteration {start}")
     elif cfg.warmstart == "on" or (cfg.warmstart == "auto" and not cfg.model):
-        ws = warm_start(policy, tokenizer, make, cfg, device)  # SFT on noisy expert demos
+        if main:  # rank 0 warm-starts, then broadcasts (below): every rank starts RL from the same weights
+            ws = warm_start(policy, tokenizer, make, cfg, device)  # SFT on noisy expert demos
+            print(f"warm start: {ws}")
+        distributed.broadcast_params(policy)
         prm.load_state_dict(policy.state_dict())  # the PRM starts from the warm-started policy too
-        print(f"warm start: {ws}")
     ref_policy = clone_model(policy).eval() if cfg.kl_coef > 0 else None
+    if cfg.fsdp:  # shard parameters, gradients and optimiser states; optimisers are rebuilt over the shards
+        policy, policy_opt = distributed.shard_model(policy, policy_opt, device)
+        prm, prm_opt = distributed.shard_model(prm, prm_opt, device)
     writer = None
-    if cfg.tensorboard:
+    if cfg.tensorboard and main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(run_dir / "tb")
@@ -206,46 +238,60 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if start == 0:
         with autocast(cfg, device):
             summary["before"] = evaluate(policy, tokenizer, make, cfg, device)
-        log_metrics(run_dir, {"iteration": 0, "env_steps": 0, **summary["before"]}, writer)
-        print(f"before RL: success greedy {summary['before']['eval/success_greedy']:.3f}, sampled {summary['before']['eval/success_sampled']:.3f}")
+        if main:
+            log_metrics(run_dir, {"iteration": 0, "env_steps": 0, **summary["before"]}, writer)
+            print(f"before RL: success greedy {summary['before']['eval/success_greedy']:.3f}, sampled {summary['before']['eval/success_sampled']:.3f}")
 
-    bar = tqdm(range(start + 1, cfg.iterations + 1), initial=start, total=cfg.iterations, desc=run_dir.name, dynamic_ncols=True)
+    bar = tqdm(range(start + 1, cfg.iterations + 1), initial=start, total=cfg.iterations, desc=run_dir.name, dynamic_ncols=True, disable=not main)
     for it in bar:
         # ALGO LOGIC: one iteration of paper Algorithm 1
         t0 = time.time()
-        seeds = rngs["tasks"].integers(0, EVAL_SEED_BASE, size=cfg.tasks_per_iter).tolist()
+        seeds = rngs["tasks"].integers(0, EVAL_SEED_BASE, size=cfg.tasks_per_iter).tolist()  # the same on every rank
+        lo, hi = distributed.shard(len(seeds))  # this rank's whole tasks (groups)
+        gens = distributed.task_generators(seeds, (cfg.seed, it), device)[lo:hi]
         policy.eval()
-        with torch.no_grad(), autocast(cfg, device):
-            trajs = rollout(policy, tokenizer, make, seeds, cfg.group_size, temperature=cfg.temperature, generator=rngs["rollout"], **rollout_kwargs(cfg, device))
+        with torch.no_grad(), autocast(cfg, device), distributed.gathered(policy):
+            trajs = rollout(distributed.unwrap(policy), tokenizer, make, seeds[lo:hi], cfg.group_size, temperature=cfg.temperature,
+                            generator=gens, **rollout_kwargs(cfg, device))
         t_roll = time.time() - t0
         batch = pack(trajs, device, tokenizer.pad_token_id)
         policy.train()
         try:
             with autocast(cfg, device):
                 stats = istar_update(policy, prm, policy_opt, prm_opt, batch, cfg, ref_policy, rngs["shuffle"])
-        except NonFiniteError as err:
-            path = save_checkpoint(run_dir, it - 1, policy, prm, policy_opt, prm_opt, rngs, env_steps)
+        except NonFiniteError as err:  # (under --fsdp saving is collective: the last periodic checkpoint stays)
+            path = run_dir / "checkpoint.pt" if cfg.fsdp else save_checkpoint(run_dir, it - 1, policy, prm, policy_opt, prm_opt, rngs, env_steps)
             raise SystemExit(f"iteration {it}: {err}. Parameters are still finite; saved them to {path}. "
                              "Lower --lr/--prm-lr or check the env's rewards, then --resume.") from err
-        env_steps += sum(t.num_steps for t in trajs)
-        gen_tokens = sum(len(t.logp) for t in trajs)
-        row = {"iteration": it, "env_steps": env_steps, **env_metrics(trajs), **stats,
+        episodes = gather_episodes(trajs)  # every rank's
+        env_steps += sum(t.num_steps for t in episodes)
+        gen_tokens = distributed.all_sum([sum(len(t.logp) for t in trajs)])[0]
+        row = {"iteration": it, "env_steps": env_steps, **env_metrics(episodes), **stats,
                "perf/tokens_per_s": gen_tokens / max(t_roll, 1e-9), "perf/rollout_s": t_roll, "perf/iter_s": time.time() - t0}
         # TRY NOT TO MODIFY: evaluation, logging, checkpoints
         if cfg.eval_every and it % cfg.eval_every == 0 or it == cfg.iterations:
             with autocast(cfg, device):
                 row.update(evaluate(policy, tokenizer, make, cfg, device))
-        log_metrics(run_dir, row, writer)
+        if main:
+            log_metrics(run_dir, row, writer)
         bar.set_postfix(success=f"{row['env/success']:.2f}", ret=f"{row['env/return']:.2f}", prm_acc=f"{row.get('prm/acc', float('nan')):.2f}")
         if it % cfg.save_every == 0 or it == cfg.iterations:
             save_checkpoint(run_dir, it, policy, prm, policy_opt, prm_opt, rngs, env_steps)
-    save_model(policy, tokenizer, str(run_dir / "policy"))
-    save_model(prm, tokenizer, str(run_dir / "prm"))
+    for name, model in (("policy", policy), ("prm", prm)):
+        state = distributed.model_state(model)  # full weights (a collective under FSDP)
+        if main and not cfg.fsdp:
+            save_model(model, tokenizer, str(run_dir / name))
+        elif main:
+            distributed.unwrap(model).save_pretrained(run_dir / name, state_dict=state)
+            tokenizer.save_pretrained(run_dir / name)
+    distributed.barrier()  # the others read rank 0's metrics below
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary["before"] = next((r for r in rows if r["iteration"] == 0), {})
     summary["after"] = next((r for r in reversed(rows) if "eval/success_greedy" in r), {})
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     b, a = summary["before"], summary["after"]
+    if not main:
+        return summary
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     if b and a:
         print(f"success on {cfg.eval_tasks} held-out tasks (greedy / sampled T={cfg.eval_temperature}): "
               f"before RL {b['eval/success_greedy']:.3f} / {b['eval/success_sampled']:.3f}, "
@@ -272,8 +318,9 @@ if __name__ == "__main__":
         show(args.show, cfg)
     elif args.resume:
         saved = json.loads((Path(args.resume) / "config.json").read_text())
-        saved.update({k: v for k, v in dataclasses.asdict(cfg).items() if k in ("iterations", "device", "eval_every", "save_every")
+        saved.update({k: v for k, v in dataclasses.asdict(cfg).items() if k in ("iterations", "device", "eval_every", "save_every", "fsdp")
                       and f"--{k.replace('_', '-')}" in " ".join(sys.argv)})  # allow extending a run
         train(Config(**saved), resume=args.resume)
     else:
         train(cfg)
+    distributed.teardown()
