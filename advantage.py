@@ -34,7 +34,9 @@ Deviations from the paper:
      weighted, which lets long answers dominate the statistics).
   3) The released code normalises step rewards with a group mean taken from one step per
      trajectory; we use all steps of the group, as Eq. 4 says (paper.md open point 3).
-  4) E4 (divide all step rewards by the batch max |r|) is not in the paper; off by default.
+  4) E4 (divide all step rewards by the batch max |r|) is not in the paper; off by default. When
+     on, the scaled rewards are the step advantage directly (no group standardisation, which
+     would cancel the scaling), as the released code does.
 """
 from __future__ import annotations
 
@@ -59,15 +61,21 @@ def _check_groups(outcome: torch.Tensor, group_cu: torch.Tensor) -> torch.Tensor
     return torch.repeat_interleave(sizes, sizes)  # (N,) size of each trajectory's group
 
 
-def _group_mean_std(x: torch.Tensor, group_cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-trajectory mean and unbiased std of its group's values (std 0 for a group of one)."""
+def _group_center_std(x: torch.Tensor, group_cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per trajectory: its value minus its group's mean (N,), and the group's unbiased std (N,).
+
+    Values are first shifted by their group's first value (a "shifted-data" variance, as the
+    kernel does): the statistics are unchanged, but a group of equal values gives exactly 0,
+    where `x − mean(x)` in fp32 leaves a rounding residue that ε would blow up (e.g. 8 × 10.6).
+    """
     sizes = (group_cu[1:] - group_cu[:-1]).long()  # (M,)
     gid = torch.repeat_interleave(torch.arange(sizes.numel(), device=x.device), sizes)  # (N,)
     x = x.float()
-    mean = torch.zeros(sizes.numel(), device=x.device).index_add_(0, gid, x) / sizes  # (M,)
-    dev2 = (x - mean[gid]) ** 2  # (N,)
-    var = torch.zeros_like(mean).index_add_(0, gid, dev2) / (sizes - 1).clamp(min=1)  # (M,)
-    return mean[gid], var.sqrt()[gid]  # (N,), (N,)
+    d = x - x[group_cu[:-1].long()][gid]  # (N,) shifted by the group's first value
+    mean = torch.zeros(sizes.numel(), device=x.device).index_add_(0, gid, d) / sizes  # (M,)
+    centered = d - mean[gid]  # (N,) R − mean_g R
+    var = torch.zeros_like(mean).index_add_(0, gid, centered**2) / (sizes - 1).clamp(min=1)  # (M,)
+    return centered, var.sqrt()[gid]  # (N,), (N,)
 
 
 def rloo_advantage(outcome: torch.Tensor, group_cu: torch.Tensor) -> torch.Tensor:
@@ -76,8 +84,8 @@ def rloo_advantage(outcome: torch.Tensor, group_cu: torch.Tensor) -> torch.Tenso
     A^E_i = R_i − 1/(G−1) Σ_{j≠i} R_j = G/(G−1) · (R_i − mean_g R); 0 for a group of one.
     """
     size = _check_groups(outcome, group_cu).float()  # (N,)
-    mean, _ = _group_mean_std(outcome, group_cu)  # (N,)
-    adv = size / (size - 1).clamp(min=1) * (outcome.float() - mean)  # (N,) E5, RLOO
+    centered, _ = _group_center_std(outcome, group_cu)  # (N,)
+    adv = size / (size - 1).clamp(min=1) * centered  # (N,) E5, RLOO
     return torch.where(size > 1, adv, torch.zeros_like(adv))
 
 
@@ -87,34 +95,45 @@ def grpo_advantage(outcome: torch.Tensor, group_cu: torch.Tensor, eps: float = E
     ``scale=False`` gives the mean-only variant (Dr. GRPO). Equal rewards give 0, not NaN.
     """
     _check_groups(outcome, group_cu)
-    mean, std = _group_mean_std(outcome, group_cu)  # (N,), (N,)
-    adv = outcome.float() - mean  # (N,)
-    return adv / (std + eps) if scale else adv  # E5, GRPO
+    centered, std = _group_center_std(outcome, group_cu)  # (N,), (N,)
+    return centered / (std + eps) if scale else centered  # E5, GRPO
 
 
-def reinforce_pp_advantage(outcome: torch.Tensor, group_cu: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """REINFORCE++ with baseline (paper.md E5): subtract the group mean, then whiten over the batch."""
+def _local_mean_std(x: torch.Tensor) -> tuple[float, float]:
+    return x.mean().item(), (x.std().item() if x.numel() > 1 else 0.0)
+
+
+def reinforce_pp_advantage(outcome: torch.Tensor, group_cu: torch.Tensor, eps: float = EPS, batch_mean_std=_local_mean_std) -> torch.Tensor:
+    """REINFORCE++ with baseline (paper.md E5): subtract the group mean, then whiten over the batch.
+
+    `batch_mean_std(x) -> (mean, std)` gives the batch statistics; distributed runs pass one that
+    all-reduces over ranks, so the whitening spans the global batch.
+    """
     _check_groups(outcome, group_cu)
-    mean, _ = _group_mean_std(outcome, group_cu)  # (N,)
-    adv = outcome.float() - mean  # (N,) group baseline
-    if adv.numel() < 2:
-        return torch.zeros_like(adv)
-    return (adv - adv.mean()) / (adv.std() + eps)  # (N,) batch whitening
+    centered, _ = _group_center_std(outcome, group_cu)  # (N,) group baseline
+    mean, std = batch_mean_std(centered)
+    return (centered - mean) / (std + eps)  # (N,) batch whitening
 
 
 EPISODE_ADVANTAGES = {"rloo": rloo_advantage, "grpo": grpo_advantage, "reinforce++": reinforce_pp_advantage}
 
 
-def episode_advantage(outcome: torch.Tensor, group_cu: torch.Tensor, algo: str = "rloo") -> torch.Tensor:
-    """A^E (N,) for the chosen base algorithm (paper.md E5)."""
+def episode_advantage(outcome: torch.Tensor, group_cu: torch.Tensor, algo: str = "rloo", **kwargs) -> torch.Tensor:
+    """A^E (N,) for the chosen base algorithm (paper.md E5); kwargs go to that algorithm's function."""
     if algo not in EPISODE_ADVANTAGES:
         raise ValueError(f"algo: expected one of {sorted(EPISODE_ADVANTAGES)}, got {algo!r}")
-    return EPISODE_ADVANTAGES[algo](outcome, group_cu)
+    return EPISODE_ADVANTAGES[algo](outcome, group_cu, **kwargs)
 
 
-def scale_step_rewards(step_reward: torch.Tensor) -> torch.Tensor:
-    """paper.md E4 (released code, not the paper): r / (max_batch |r| + 1e−6), so r ∈ [−1, 1]."""
-    return step_reward / (step_reward.abs().max() + 1e-6)  # (S,)
+def scale_step_rewards(step_reward: torch.Tensor, max_abs: float | None = None) -> torch.Tensor:
+    """paper.md E4 (released code, not the paper): r / (max_batch |r| + 1e−6), so r ∈ [−1, 1].
+
+    Used *instead of* the group standardisation of E6 (a batch-wide constant would cancel in it):
+    with `--scale-step-rewards`, A^S = the scaled r, as in the released code's "batch_norm" mode.
+    `max_abs` overrides the local max (distributed runs pass the global one).
+    """
+    m = step_reward.abs().max().item() if max_abs is None else max_abs
+    return step_reward / (m + 1e-6)  # (S,)
 
 
 def combined_advantage(
@@ -126,6 +145,7 @@ def combined_advantage(
     step_adv_coef: float = 1.0,
     eps: float = EPS,
     impl: str | None = None,
+    standardise: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A_{i,t} = A^E_i + α · A^S_{i,t} on every action token (paper Eq. 4-5, paper.md E6-E7).
 
@@ -134,6 +154,11 @@ def combined_advantage(
     """
     if step_reward.numel() == 0:
         raise ValueError("step_reward: empty batch (no steps); roll out at least one step")
+    if not standardise:  # E4 mode: A^S is the (already scaled) step reward itself
+        step_adv = step_reward.detach().float()  # (S,)
+        traj_of_step = torch.repeat_interleave(torch.arange(traj_cu.numel() - 1, device=step_adv.device), (traj_cu[1:] - traj_cu[:-1]).long())  # (S,)
+        per_step = episode_adv.detach().float()[traj_of_step] + step_adv_coef * step_adv  # (S,) E7
+        return torch.repeat_interleave(per_step, (step_cu[1:] - step_cu[:-1]).long()), step_adv  # (T,), (S,)
     return segment_normalize(
         step_reward.detach().float(), episode_adv.detach().float(), step_cu, traj_cu, group_cu, step_adv_coef, eps, impl=impl
     )

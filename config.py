@@ -24,22 +24,23 @@ class Config:
     max_steps: int = knob(0, "episode step limit; 0 = the env's own (paper: Sokoban 15, WebShop 10)", "env")
     # --- model ----------------------------------------------------------------------------
     model: str = knob("", "path of a local Hugging Face causal LM; empty = build the small default model locally", "model")
-    model_size: str = knob("small", "size of the locally built default model", "model", ["tiny", "small", "base"])
+    model_size: str = knob("small", "size of the locally built default model", "model", ["tiny", "small"])
     vocab_size: int = knob(1024, "BPE vocabulary of the locally built tokenizer", "model")
     device: str = knob("auto", "auto | cpu | cuda | cuda:K", "model")
     bf16: bool = knob(True, "bf16 autocast for forward passes on CUDA (fp32 master weights); ignored on CPU", "model")
     warmstart: str = knob("auto", "SFT on noisy expert demos before RL: auto (only for the locally built model) | on | off", "model", ["auto", "on", "off"])
-    warmstart_episodes: int = knob(400, "number of demonstration episodes for the warm start", "model")
+    warmstart_episodes: int = knob(1500, "number of demonstration episodes for the warm start", "model")
     warmstart_random_frac: float = knob(0.3, "fraction of demo actions replaced by random ones (keeps the start imperfect)", "model")
-    warmstart_epochs: int = knob(2, "passes over the demonstrations", "model")
+    warmstart_epochs: int = knob(3, "passes over the demonstrations", "model")
     warmstart_lr: float = knob(1e-3, "learning rate of the warm start", "model")
     # --- rollout --------------------------------------------------------------------------
     tasks_per_iter: int = knob(32, "N tasks (env seeds) per iteration (paper: Sokoban 32, WebShop 16)", "rollout")
     group_size: int = knob(8, "G rollouts per task, one group (paper: 8)", "rollout")
-    temperature: float = knob(1.0, "sampling temperature of training rollouts", "rollout")
-    top_p: float = knob(1.0, "nucleus sampling of training rollouts", "rollout")
+    temperature: float = knob(1.0, "sampling temperature of training rollouts (PPO ratio and E1 use the untempered π_θold: keep 1)", "rollout")
+    top_p: float = knob(1.0, "nucleus sampling of training rollouts (as temperature: keep 1 for on-policy ratios)", "rollout")
     max_action_tokens: int = knob(48, "generation limit of one action (tokens); a longer answer is cut and invalid", "rollout")
     max_context: int = knob(1024, "context limit; longer trajectories keep the prompt + most recent steps", "rollout")
+    history_steps: int = knob(0, "past steps kept in the context (paper's Sokoban: 2); 0 = all that fit in max_context", "rollout")
     # --- implicit PRM (paper.md E1-E4, E9) ------------------------------------------------
     istar: bool = knob(True, "add iStar's implicit step rewards (α·A^S) to the base algorithm", "prm")
     beta: float = knob(0.05, "β of the implicit reward, paper Eq. 1 (paper: 0.05)", "prm")
@@ -62,7 +63,7 @@ class Config:
     minibatches: int = knob(4, "optimiser steps per epoch (the batch is split by trajectory)", "policy")
     micro_batch: int = knob(64, "trajectories per forward/backward (gradient accumulation; memory only)", "policy")
     entropy_coef: float = knob(0.001, "entropy bonus (released code: 0.001)", "policy")
-    kl_coef: float = knob(0.0, "KL-to-initial-policy penalty, k3 estimator (paper: none)", "policy")
+    kl_coef: float = knob(0.0, "KL penalty to the policy this process started from (after warm start or resume), k3 (paper: none)", "policy")
     grad_clip: float = knob(1.0, "policy gradient-norm clip", "policy")
     # --- kernels --------------------------------------------------------------------------
     kernels: str = knob("auto", "auto = Triton on CUDA, torch reference elsewhere | triton | reference", "kernels", ["auto", "triton", "reference"])
@@ -87,7 +88,7 @@ class Config:
 
 # Per-env presets: applied before the CLI, so a flag on the command line always wins.
 PRESETS: dict[str, dict] = {
-    "sokoban": dict(tasks_per_iter=32, group_size=8, max_action_tokens=24),
+    "sokoban": dict(tasks_per_iter=32, group_size=8, max_action_tokens=24, history_steps=2),
     "webshop": dict(tasks_per_iter=16, group_size=8, max_action_tokens=40, max_context=1536),
     "sotopia": dict(tasks_per_iter=16, group_size=8, algo="grpo", max_action_tokens=32),
     # A CPU smoke run: two iterations end to end in well under a minute.
@@ -147,7 +148,7 @@ def validate(cfg: Config) -> None:
     for name in ["beta", "lr", "prm_lr", "clip_eps", "grad_clip", "prm_grad_clip"]:
         if not getattr(cfg, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(cfg, name)}")
-    for name in ["step_adv_coef", "entropy_coef", "kl_coef", "warmstart_random_frac", "eval_every", "save_every", "max_steps", "warmstart_episodes"]:
+    for name in ["step_adv_coef", "entropy_coef", "kl_coef", "warmstart_random_frac", "eval_every", "save_every", "max_steps", "warmstart_episodes", "history_steps"]:
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
     if not 0 <= cfg.warmstart_random_frac <= 1:

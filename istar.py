@@ -32,7 +32,9 @@ Deviations from the paper:
   3) Several minibatches per batch (each an optimiser step), not the paper's 64 step-samples:
      our samples are whole trajectories.
   4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar,
-     so the two differ only in the granularity of the reward and the PRM's loss.
+     and the token rewards go through the same group standardisation as step rewards (each token
+     its own segment), so the two differ only in the granularity of the reward and the PRM's loss.
+     PRIME itself uses a leave-one-out return-to-go of token rewards; that is not implemented.
 
 Data parallelism (distributed.py): `batch` holds this rank's whole groups. Losses are weighted by
 their share of the global count (PPO minibatch tokens, DPO pairs) and gradients summed over ranks
@@ -46,7 +48,7 @@ import math
 import torch
 
 import distributed
-from advantage import EPS, combined_advantage, episode_advantage, grpo_advantage, scale_step_rewards
+from advantage import combined_advantage, episode_advantage, scale_step_rewards
 from model import token_logprobs
 from prm import prime_ce_loss, preference_pairs, step_rewards, token_rewards, trajectory_dpo_loss, trajectory_scores
 
@@ -164,7 +166,7 @@ def _global_prm_loss(loss, stats, batch, cfg):
     """Reweight this rank's mean loss by its share of the global pair (E3) or trajectory (E9) count;
     logged means become means over all ranks' pairs."""
     n_local = stats["prm/num_pairs"] if cfg.granularity == "step" else batch.num_traj
-    keys = [k for k in ("prm/dpo_loss", "prm/ce_loss", "prm/acc", "prm/margin") if k in stats]
+    keys = [k for k in ("prm/dpo_loss", "prm/ce_loss", "prm/acc", "prm/margin", "prm/ce_acc", "prm/q_mean") if k in stats]
     sums = distributed.all_sum([n_local] + [stats[k] * n_local if n_local else 0.0 for k in keys])
     n_all = sums[0]
     stats = {**stats, **{k: (v / n_all if n_all else float("nan")) for k, v in zip(keys, sums[1:])}}
@@ -179,13 +181,8 @@ def _global_prm_loss(loss, stats, batch, cfg):
 # ---------------------------------------------------------------------------------------------
 def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tuple[torch.Tensor, dict]:
     """Token advantages (T,): A^E of the base algorithm + α·A^S when iStar is on (E5-E7)."""
-    if cfg.algo == "reinforce++" and distributed.world_size() > 1:  # whiten over the global batch, not the shard
-        episode_adv = grpo_advantage(batch.outcome, batch.group_cu, scale=False)  # (N,) R − mean_g R
-        mean, std = distributed.mean_std(episode_adv)
-        n = distributed.all_sum([episode_adv.numel()])[0]
-        episode_adv = (episode_adv - mean) / (std + EPS) if n >= 2 else torch.zeros_like(episode_adv)  # E5
-    else:
-        episode_adv = episode_advantage(batch.outcome, batch.group_cu, cfg.algo)  # (N,) E5
+    kwargs = {"batch_mean_std": distributed.mean_std} if cfg.algo == "reinforce++" else {}  # whiten over the global batch
+    episode_adv = episode_advantage(batch.outcome, batch.group_cu, cfg.algo, **kwargs)  # (N,) E5
     _check_finite("episode advantage", episode_adv)
     mean, std = distributed.mean_std(episode_adv)
     stats = {"adv/episode_mean": mean, "adv/episode_std": std}
@@ -193,14 +190,15 @@ def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tupl
         tokens_per_traj = batch.step_cu[batch.traj_cu[1:]] - batch.step_cu[batch.traj_cu[:-1]]  # (N,)
         return torch.repeat_interleave(episode_adv, tokens_per_traj), stats
     r = implicit_reward
-    if cfg.scale_step_rewards:  # E4 (option); the max |r| spans every rank's batch
-        r = scale_step_rewards(r) if distributed.world_size() == 1 else r / (distributed.all_max(r.abs().max()) + 1e-6)
+    if cfg.scale_step_rewards:  # E4 (option, replaces E6's standardisation); the max |r| spans every rank's batch
+        r = scale_step_rewards(r, float(distributed.all_max(r.abs().max())))
     if cfg.granularity == "token":  # PRIME ablation: every token is its own segment
         step_cu = torch.arange(r.numel() + 1, device=r.device)
         traj_cu = batch.step_cu[batch.traj_cu]
     else:
         step_cu, traj_cu = batch.step_cu, batch.traj_cu
-    token_adv, step_adv = combined_advantage(episode_adv, r, step_cu, traj_cu, batch.group_cu, cfg.step_adv_coef, impl=cfg.kernel_impl)  # E6-E7
+    token_adv, step_adv = combined_advantage(episode_adv, r, step_cu, traj_cu, batch.group_cu, cfg.step_adv_coef,
+                                             impl=cfg.kernel_impl, standardise=not cfg.scale_step_rewards)  # E6-E7
     _check_finite("token advantage", token_adv)
     stats["adv/step_std"] = distributed.mean_std(step_adv)[1]
     stats["adv/token_std"] = distributed.mean_std(token_adv)[1]
@@ -233,13 +231,15 @@ def policy_loss(logp, old_logp, token_adv, step_cu, clip_eps=0.2, dual_clip=3.0,
     surr2 = ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv
     loss_terms = -torch.min(surr1, surr2)  # E8
     if dual_clip:  # bound the loss of a negative advantage by −c·A (Ye et al. 2020)
-        loss_terms = torch.where(adv < 0, torch.minimum(loss_terms, -dual_clip * adv), loss_terms)
+        dual_active = (adv < 0) & (loss_terms > -dual_clip * adv)  # where the dual clip bounds the loss
+        loss_terms = torch.where(dual_active, -dual_clip * adv, loss_terms)
     loss = loss_terms.mean()
     with torch.no_grad():
         stats = {
             "policy/pg_loss": loss.item(),
-            "policy/clip_frac": ((ratio - 1).abs() > clip_eps).float().mean().item(),
+            "policy/clip_frac": (surr2 < surr1).float().mean().item(),  # the clipped term is the active one (verl)
             "policy/approx_kl": ((ratio - 1) - log_ratio).mean().item(),  # k3, http://joschu.net/blog/kl-approx.html
+            "policy/dual_clip_frac": dual_active.float().mean().item() if dual_clip else 0.0,
         }
     return loss, stats
 
@@ -249,21 +249,24 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
 
     Data parallel: the permutation is over the global trajectory indices (same generator on every
     rank); a rank runs the part of each minibatch it holds, weighted by the minibatch's global tokens.
+    The loss is a mean over tokens (ratio_level="token") or over steps ("step", paper Eq. 6), so
+    micro-batches and ranks are weighted by their share of the minibatch's tokens or steps, and
+    the logged stats are averaged with the same weights.
     """
     _check_finite("token advantage", token_adv)  # before any optimiser step: nothing is applied
     totals: dict[str, float] = {}
     count = 0
-    tok_cu = batch.step_cu[batch.traj_cu]  # (N+1,) token offsets of each trajectory
-    parts = distributed.gather_objects([(tok_cu[1:] - tok_cu[:-1]).cpu()])  # one (N_r,) per rank
+    cu = batch.step_cu[batch.traj_cu] if cfg.ratio_level == "token" else batch.traj_cu  # (N+1,) units per trajectory
+    parts = distributed.gather_objects([(cu[1:] - cu[:-1]).cpu()])  # one (N_r,) per rank
     lo = sum(t.numel() for t in parts[:distributed.rank()])  # this rank's first global trajectory
-    traj_tokens = torch.cat(parts)  # (N_global,) tokens of every trajectory of every rank
+    traj_units = torch.cat(parts)  # (N_global,) loss terms (tokens or steps) of every trajectory
     for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(traj_tokens.numel(), generator=generator)
+        order = torch.randperm(traj_units.numel(), generator=generator)
         for mb in torch.tensor_split(order, cfg.minibatches):
             if mb.numel() == 0:
                 continue
             opt.zero_grad(set_to_none=True)
-            mb_tokens = int(traj_tokens[mb].sum())  # the token-mean spans the global minibatch
+            mb_units = int(traj_units[mb].sum())  # the token- (step-) mean spans the global minibatch
             local = mb[(mb >= lo) & (mb < lo + batch.num_traj)] - lo  # this rank's trajectories of it
             for idx in _padded_chunks(local, cfg.micro_batch, policy):
                 weight = 1.0 if idx is not None else 0.0  # a padding chunk (FSDP lockstep) adds no gradient
@@ -280,13 +283,14 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
                     loss = loss + cfg.kl_coef * kl
                     stats["policy/kl_ref"] = kl.item()
                 _check_finite("policy loss", loss.detach())
-                (loss * tok.numel() / mb_tokens * weight).backward()  # token-weighted gradient accumulation
+                units = tok.numel() if cfg.ratio_level == "token" else part.step_cu.numel() - 1
+                (loss * units / mb_units * weight).backward()  # weighted gradient accumulation
                 if not weight:
                     continue
                 stats["policy/entropy"] = entropy.mean().item()
                 for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                count += 1
+                    totals[k] = totals.get(k, 0.0) + v * units
+                count += units
             distributed.sync_grads(policy)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
             if not math.isfinite(grad_norm):
@@ -294,7 +298,7 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
             totals["policy/grad_norm"] = totals.get("policy/grad_norm", 0.0) + grad_norm * 1.0
             opt.step()
     grad_norm = totals.pop("policy/grad_norm", 0.0)  # the same on every rank (gradients are synchronised)
-    out = distributed.merge_means(totals, count)  # means over every rank's micro-batches
+    out = distributed.merge_means(totals, count)  # token- (step-) weighted means over every rank's micro-batches
     out["policy/grad_norm"] = grad_norm / max(cfg.ppo_epochs * cfg.minibatches, 1)
     return out
 

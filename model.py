@@ -210,7 +210,10 @@ def clone_model(model):
 
 # -- log-probs ----------------------------------------------------------------------------------
 def _final_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    logits = model.get_output_embeddings()(hidden).float()  # (t, V) fp32 from here on
+    head = model.get_output_embeddings()
+    with torch.autocast(hidden.device.type, enabled=False):  # the T gathered rows only: cheap in fp32,
+        # and E1 sums differences of two models' log-probs, which bf16 rounding would drown
+        logits = F.linear(hidden.float(), head.weight.float(), None if head.bias is None else head.bias.float())  # (t, V)
     cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma-style soft cap, if any
     return torch.tanh(logits / cap) * cap if cap else logits
 

@@ -25,7 +25,9 @@ Deviations from the paper:
   1) Pairs by threshold on `won` (paper: success > 0 for WebShop/Sokoban, judge score > 6 for
      SOTOPIA; each env's `won` encodes its threshold); `pair_rule="graded"` adds the option of every
      strictly better/worse pair by outcome reward (paper.md open point 4).
-  2) With no pair in the batch the loss is a zero that still depends on the parameters (so a
+  2) The DPO loss is the mean over all pairs of the batch pooled (a group with more pairs weighs
+     more), as the released code does; paper.md E3 allows this reading.
+  3) With no pair in the batch the loss is a zero that still depends on the parameters (so a
      caller's backward is harmless) and stats say `num_pairs = 0`; the trainer then skips the step.
 """
 from __future__ import annotations
@@ -113,7 +115,7 @@ def prime_ce_loss(traj_score: torch.Tensor, won: torch.Tensor) -> tuple[torch.Te
     y = won.float()  # (N,)
     loss = F.binary_cross_entropy_with_logits(traj_score.float(), y)
     acc = ((traj_score > 0).float() == y).float().mean().item()
-    return loss, {"prm/ce_loss": loss.item(), "prm/acc": acc, "prm/margin": traj_score.mean().item(), "prm/num_pairs": 0}
+    return loss, {"prm/ce_loss": loss.item(), "prm/ce_acc": acc, "prm/q_mean": traj_score.mean().item(), "prm/num_pairs": 0}
 
 
 LOG2 = math.log(2.0)  # the DPO loss when the PRM equals π_old (all rewards 0): −log σ(0)

@@ -132,7 +132,8 @@ def load_checkpoint(run_dir: Path, policy, prm, policy_opt, prm_opt, rngs: dict)
 # Rollouts, evaluation, metrics
 # ---------------------------------------------------------------------------------------------
 def rollout_kwargs(cfg: Config, device) -> dict:
-    return dict(top_p=cfg.top_p, max_action_tokens=cfg.max_action_tokens, max_context=cfg.max_context, device=device)
+    return dict(top_p=cfg.top_p, max_action_tokens=cfg.max_action_tokens, max_context=cfg.max_context,
+                max_history_steps=cfg.history_steps or None, device=device)
 
 
 def env_metrics(trajs, prefix="env") -> dict:
@@ -246,6 +247,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     for it in bar:
         # ALGO LOGIC: one iteration of paper Algorithm 1
         t0 = time.time()
+        rng_at_start = (rngs["tasks"].bit_generator.state, rngs["shuffle"].get_state())  # to repeat this iteration
         seeds = rngs["tasks"].integers(0, EVAL_SEED_BASE, size=cfg.tasks_per_iter).tolist()  # the same on every rank
         lo, hi = distributed.shard(len(seeds))  # this rank's whole tasks (groups)
         gens = distributed.task_generators(seeds, (cfg.seed, it), device)[lo:hi]
@@ -260,9 +262,14 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             with autocast(cfg, device):
                 stats = istar_update(policy, prm, policy_opt, prm_opt, batch, cfg, ref_policy, rngs["shuffle"])
         except NonFiniteError as err:  # (under --fsdp saving is collective: the last periodic checkpoint stays)
+            # The parameters are finite (every step is checked before it is applied), but iteration `it`
+            # may be partly applied (the PRM step, earlier minibatches). The checkpoint holds them with
+            # the RNG states of the iteration's start, so --resume repeats iteration `it` on the same tasks.
+            rngs["tasks"].bit_generator.state, _ = rng_at_start
+            rngs["shuffle"].set_state(rng_at_start[1])
             path = run_dir / "checkpoint.pt" if cfg.fsdp else save_checkpoint(run_dir, it - 1, policy, prm, policy_opt, prm_opt, rngs, env_steps)
-            raise SystemExit(f"iteration {it}: {err}. Parameters are still finite; saved them to {path}. "
-                             "Lower --lr/--prm-lr or check the env's rewards, then --resume.") from err
+            raise SystemExit(f"iteration {it}: {err}. Saved the last finite parameters (iteration {it} possibly partly "
+                             f"applied) to {path}. Lower --lr/--prm-lr or check the env's rewards, then --resume.") from err
         episodes = gather_episodes(trajs)  # every rank's
         env_steps += sum(t.num_steps for t in episodes)
         gen_tokens = distributed.all_sum([sum(len(t.logp) for t in trajs)])[0]
@@ -274,7 +281,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                 row.update(evaluate(policy, tokenizer, make, cfg, device))
         if main:
             log_metrics(run_dir, row, writer)
-        bar.set_postfix(success=f"{row['env/success']:.2f}", ret=f"{row['env/return']:.2f}", prm_acc=f"{row.get('prm/acc', float('nan')):.2f}")
+        bar.set_postfix(success=f"{row['env/success']:.2f}", ret=f"{row['env/return']:.2f}", prm_acc=f"{row.get('prm/acc', row.get('prm/ce_acc')) or float('nan'):.2f}")
         if it % cfg.save_every == 0 or it == cfg.iterations:
             save_checkpoint(run_dir, it, policy, prm, policy_opt, prm_opt, rngs, env_steps)
     for name, model in (("policy", policy), ("prm", prm)):

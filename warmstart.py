@@ -91,8 +91,12 @@ def warm_start(policy, tokenizer, make, cfg, device) -> dict:
                 input_ids[r, : len(ids)] = torch.tensor(ids)
                 attention_mask[r, : len(ids)] = 1
                 action_mask[r, : len(ids)] = torch.tensor(mask)
+            if not action_mask.any():  # every demo of the chunk was cut before its first action
+                continue
             logp = token_logprobs(policy, input_ids.to(device), attention_mask.to(device), action_mask.to(device))  # (T,)
             loss = -logp.mean()  # cross-entropy on the demonstrated action tokens only
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"warm start: loss is {loss.item()}; lower --warmstart-lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)

@@ -186,3 +186,27 @@ def test_istar_update_moves_the_policy_and_nan_stops_it(setup):
     with pytest.raises(NonFiniteError):
         update_policy(policy, popt, batch, old, adv, cfg)
     assert all(torch.equal(a, b) for a, b in zip(snapshot, policy.parameters()))  # nothing applied
+
+
+@pytest.mark.parametrize("ratio_level", ["token", "step"])
+def test_micro_batching_does_not_change_the_policy_gradient(setup, ratio_level):
+    """Token- (step-) mean over a minibatch: micro-batches are weighted by their tokens (steps)."""
+    tok, policy, batch = setup
+    old = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
+    adv = torch.randn(int(batch.step_cu[-1]), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for micro_batch in (1, 64):
+        model = copy.deepcopy(policy)
+        captured = {}
+
+        class Capture(torch.optim.SGD):
+            def step(self, closure=None):
+                captured.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+        cfg = cfg_for(micro_batch=micro_batch, minibatches=1, ratio_level=ratio_level, entropy_coef=0.0, grad_clip=1e9)
+        stats = update_policy(model, Capture(model.parameters(), lr=0.0), batch, old, adv, cfg, generator=torch.Generator().manual_seed(0))
+        grads.append((captured, stats))
+    (g1, s1), (g2, s2) = grads
+    for name in g2:
+        torch.testing.assert_close(g1[name], g2[name], atol=1e-6, rtol=1e-4)
+    assert abs(s1["policy/pg_loss"] - s2["policy/pg_loss"]) < 1e-5  # logged stats use the same weights
