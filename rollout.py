@@ -1,24 +1,27 @@
-"""Batched multi-turn rollouts of N tasks × G rollouts with a KV cache, and packing into tensors.
+"""Batched multi-turn rollouts of N tasks × G rollouts with a KV cache.
 
 Step 1 of the iStar loop (paper Algorithm 1; paper.md "The loop"): roll out N tasks × G rollouts
 with π_θold. The G rollouts of one task seed form a group (paper.md E3/E5/E6 normalise and pair
 inside groups); groups are contiguous in the output, in ``task_seeds`` order.
 
+This file holds ``Trajectory``, ``rollout`` and the episode bookkeeping (sampling, action ends,
+env steps, history windows). The batched KV cache with holes (``_KV``, ``_forward``, ``_select``,
+``_merge``, ``_compact``, ``_left_pad``) lives in kvcache.py, which also explains why the holes
+are correct; packing trajectories into tensors (``Batch``, ``pack``) lives in batch.py and is
+re-exported here, so ``from rollout import Batch, Trajectory, pack, rollout`` works.
+
 How one rollout batch runs (all live episodes decode together):
   1. Prefill: every episode's context [system + first observation + assistant prefix] is
      left-padded into one batch; position ids come from the attention mask.
-  2. Decode: one token per live row per forward, reusing the KV cache (``_GrowingLayer``: written
-     in place into a buffer with spare columns, not re-concatenated). A row whose action has
-     ended (the ``</action>`` tag, an EOS token, or ``max_action_tokens``) feeds a *hole*
-     (a pad token with attention mask 0) until every row has ended its action.
+  2. Decode: one token per live row per forward, reusing the KV cache (kvcache.py). A row whose
+     action has ended (the ``</action>`` tag, an EOS token, or ``max_action_tokens``) feeds a
+     *hole* (a pad token with attention mask 0) until every row has ended its action.
   3. Env step: each action is decoded to text and handed to its env. Finished episodes leave
      the batch (their cache rows are dropped). The other rows *append* [end of assistant turn +
      next observation + assistant prefix] to the existing cache in one left-padded chunk.
-  The cache therefore has holes (mask 0) in the middle of rows. That is correct because
-  position ids are counted over real tokens only (``next_pos``), keys are cached after RoPE, and
-  the 2D attention mask hides every hole; when the cache grows 25% wider than its longest row it
-  is compacted (each row's real columns gathered right-aligned). Log-probs recorded this way
-  equal a fresh ``model.token_logprobs`` pass over the packed rows (tested).
+  The cache therefore has holes in the middle of rows, and is compacted when they waste 25% of
+  its width (kvcache.py). Log-probs recorded this way equal a fresh ``model.token_logprobs``
+  pass over the packed rows (tested).
 
 Recorded log-probs: ``Trajectory.logp`` holds log π_θold(y) of each generated token at
 temperature 1 under the untruncated distribution, i.e. the policy itself, whatever
@@ -36,13 +39,7 @@ context there (action mask False): every action token belongs to exactly one row
 trajectory's rows are consecutive. ``max_context`` is honoured whenever the prompt, one
 observation and ``max_action_tokens`` fit in it; otherwise the row is built anyway (warned).
 
-Shape vocabulary of ``Batch``: N trajectories, M groups, G group size, R rows, L padded row
-length, S steps (all trajectories), T action tokens (all steps).
-
-Faster GPU decoding later: ``_forward`` is the only place the model runs and ``_KV`` the only
-state it carries, so a static-shape / CUDA-graph / ``torch.compile`` variant (cache pre-allocated
-at ``max_context``, batch padded to a bucket, holes written in place) can replace them without
-touching the episode bookkeeping. Not done yet: there is no ``compile`` flag.
+Shape vocabulary: N tasks, G group size, B live rows in a decode batch, V vocab, A ``max_action_tokens``.
 
 References:
   1) iStar, https://arxiv.org/abs/2509.19199 (Algorithm 1; paper.md "The loop", E1, E8)
@@ -58,14 +55,15 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from batch import Batch, pack  # noqa: F401  re-exported: callers import them from rollout
 from envs.base import Env
+from kvcache import _compact, _forward, _left_pad, _merge, _select
 from model import format_observation, format_prompt, stop_token_ids
 
 _ACTION_END_RE = re.compile(r"<\s*/\s*action\s*>", re.IGNORECASE)  # same tolerance as envs.base.parse_action
@@ -97,116 +95,6 @@ class Trajectory:
     @property
     def num_steps(self) -> int:
         return len(self.step_rewards)
-
-
-# -- the batched KV cache with holes -------------------------------------------------------------
-@dataclass
-class _KV:
-    cache: object  # transformers DynamicCache, keys/values (B, heads, C, head_dim)
-    attn: torch.Tensor  # (B, C) 1 = real token, 0 = hole / padding
-    next_pos: torch.Tensor  # (B,) position id of each row's next real token
-
-
-class _GrowingLayer(DynamicLayer):
-    """A full-attention cache layer whose keys/values are views of a buffer with spare columns, so a
-    decode step writes in place instead of re-copying the whole cache (``DynamicLayer`` does
-    ``torch.cat`` every step: O(C) traffic per token). When ``_select``/``_merge``/``_compact``
-    replace ``keys``/``values`` with new tensors, the next update re-buffers them."""
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n = self.keys.shape[-2] if self.keys.numel() else 0
-        end = n + key_states.shape[-2]
-        buf = getattr(self, "_buf", None)
-        if buf is None or buf[0].data_ptr() != self.keys.data_ptr() or end > buf[0].shape[-2] \
-                or buf[0].shape[0] != key_states.shape[0]:
-            cap = end + max(64, end // 2)  # amortised growth
-            buf = tuple(x.new_empty(*x.shape[:2], cap, x.shape[-1]) for x in (key_states, value_states))
-            if n:
-                buf[0][:, :, :n], buf[1][:, :, :n] = self.keys, self.values
-            self._buf = buf
-        buf[0][:, :, n:end], buf[1][:, :, n:end] = key_states, value_states
-        self.keys, self.values = buf[0][:, :, :end], buf[1][:, :, :end]  # (B, heads, end, head_dim) views
-        return self.keys, self.values
-
-
-def _new_cache(model) -> DynamicCache:
-    cache = DynamicCache(config=model.config)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):
-        raise NotImplementedError("rollout supports full-attention models only (no sliding-window or linear layers)")
-    cache.layers = [_GrowingLayer() for _ in cache.layers]
-    return cache
-
-
-def _layers(kv: _KV):
-    return kv.cache.layers
-
-
-def _forward(model, kv: _KV | None, ids: torch.Tensor, mask: torch.Tensor) -> tuple[_KV, torch.Tensor]:
-    """Feed ids (B, q) with mask (B, q) (0 = hole) after the cache; next-token logits (B, V) fp32."""
-    start = kv.next_pos if kv is not None else torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
-    attn = mask if kv is None else torch.cat([kv.attn, mask], dim=1)  # (B, C + q)
-    pos = (start[:, None] + mask.cumsum(1) - 1).clamp(min=0)  # (B, q) positions count real tokens only
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                past_key_values=_new_cache(model) if kv is None else kv.cache, use_cache=True, logits_to_keep=1)
-    return _KV(out.past_key_values, attn, start + mask.sum(1)), out.logits[:, -1].float()
-
-
-def _select(kv: _KV, keep: list[int]) -> _KV | None:
-    """Keep rows ``keep`` and drop leading columns that are holes in every kept row."""
-    if not keep:
-        return None
-    idx = torch.tensor(keep, device=kv.attn.device)
-    attn = kv.attn[idx]  # (B', C)
-    first = int(attn.any(0).long().argmax())  # first column some row attends to
-    for layer in _layers(kv):
-        layer.keys, layer.values = layer.keys[idx, :, first:], layer.values[idx, :, first:]
-    return _KV(kv.cache, attn[:, first:], kv.next_pos[idx])
-
-
-def _merge(a: _KV | None, b: _KV) -> _KV:
-    """Stack two caches along the batch, left-padding the shorter one with holes."""
-    if a is None:
-        return b
-    ca, cb = a.attn.shape[1], b.attn.shape[1]
-    c = max(ca, cb)
-    for la, lb in zip(_layers(a), _layers(b)):
-        la.keys = torch.cat([F.pad(la.keys, (0, 0, c - ca, 0)), F.pad(lb.keys, (0, 0, c - cb, 0))])
-        la.values = torch.cat([F.pad(la.values, (0, 0, c - ca, 0)), F.pad(lb.values, (0, 0, c - cb, 0))])
-    attn = torch.cat([F.pad(a.attn, (c - ca, 0)), F.pad(b.attn, (c - cb, 0))])  # (Ba + Bb, c)
-    return _KV(a.cache, attn, torch.cat([a.next_pos, b.next_pos]))
-
-
-def _compact(kv: _KV | None, slack: float = 0.25) -> _KV | None:
-    """Gather each row's real columns right-aligned once the cache is ``slack`` wider than its longest row."""
-    if kv is None:
-        return None
-    n_real = kv.attn.sum(1)  # (B,)
-    width = int(n_real.max())
-    if kv.attn.shape[1] <= (1 + slack) * width:
-        return kv
-    b_idx, c_idx = kv.attn.nonzero(as_tuple=True)  # (K,), (K,) row-major: columns ascending per row
-    dest = (width - n_real)[b_idx] + kv.attn.cumsum(1)[b_idx, c_idx] - 1  # (K,) right-aligned column
-    for layer in _layers(kv):
-        for name in ("keys", "values"):
-            old = getattr(layer, name)  # (B, H, C, D); keys are stored after RoPE, so moving them is exact
-            new = old.new_zeros(old.shape[0], old.shape[1], width, old.shape[3])
-            new[b_idx, :, dest] = old[b_idx, :, c_idx]
-            setattr(layer, name, new)
-    attn = torch.zeros(kv.attn.shape[0], width, dtype=kv.attn.dtype, device=kv.attn.device)
-    attn[b_idx, dest] = 1
-    return _KV(kv.cache, attn, kv.next_pos)
-
-
-def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, W)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, W)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
 
 
 # -- sampling -----------------------------------------------------------------------------------
@@ -427,116 +315,3 @@ def _decode_action(model, kv, logits, tokenizer, stop_t, closes, pad_id, max_tok
     toks = [r[:n] for r, n in zip(tok_buf.tolist(), lengths_l)]
     lps = [r[:n] for r, n in zip(lp_buf.tolist(), lengths_l)]
     return kv, toks, lps, lengths_l, was_active.long().tolist()
-
-
-# -- packing --------------------------------------------------------------------------------------
-@dataclass
-class Batch:
-    """Trajectories as tensors. Rows are right-padded; the packed order of action tokens (``old_logp``,
-    ``step_cu``) is row-major over ``action_mask``, the order ``model.token_logprobs`` returns."""
-
-    input_ids: torch.Tensor  # (R, L) int64, right-padded with pad_id
-    attention_mask: torch.Tensor  # (R, L) int64
-    action_mask: torch.Tensor  # (R, L) bool, True on generated action tokens
-    row_traj: torch.Tensor  # (R,) int64 trajectory of each row
-    row_cu: torch.Tensor  # (N+1,) int64 offsets of each trajectory's rows into R
-    old_logp: torch.Tensor  # (T,) float32 sampling-time log π_θold of each action token
-    step_cu: torch.Tensor  # (S+1,) int64 offsets of each step's action tokens into T
-    traj_cu: torch.Tensor  # (N+1,) int64 offsets of each trajectory's steps into S
-    group_cu: torch.Tensor  # (M+1,) int64 offsets of each group's trajectories into N
-    group_id: torch.Tensor  # (N,) int64 group of each trajectory (its index in task_seeds)
-    step_env_reward: torch.Tensor  # (S,) float32
-    step_valid: torch.Tensor  # (S,) bool
-    outcome: torch.Tensor  # (N,) float32 outcome reward R = episode return
-    won: torch.Tensor  # (N,) bool
-    score: torch.Tensor  # (N,) float32 env score of the final step
-    num_steps: torch.Tensor  # (N,) int64
-    task_seed: torch.Tensor  # (N,) int64
-
-    @property
-    def num_traj(self) -> int:
-        return self.outcome.shape[0]
-
-    def to(self, device) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-    def select(self, traj_indices) -> "Batch":
-        """The sub-batch of trajectories ``traj_indices`` (in that order), re-offset and re-trimmed.
-        Groups are re-derived as runs of equal ``group_id``, so a group split by the selection's order
-        counts as two groups."""
-        idx = torch.as_tensor(traj_indices, dtype=torch.long, device=self.outcome.device).flatten()  # (n,)
-        if idx.numel() and (idx.min() < 0 or idx.max() >= self.num_traj):
-            raise IndexError(f"Batch.select: trajectory indices must lie in [0, {self.num_traj})")
-        rows = _ranges(self.row_cu[idx], self.row_cu[idx + 1])  # (r,)
-        steps = _ranges(self.traj_cu[idx], self.traj_cu[idx + 1])  # (s,)
-        tokens = _ranges(self.step_cu[steps], self.step_cu[steps + 1])  # (t,)
-        width = int(self.attention_mask[rows].sum(1).max()) if rows.numel() else 0
-        n_rows = self.row_cu[idx + 1] - self.row_cu[idx]  # (n,)
-        return Batch(
-            input_ids=self.input_ids[rows, :width], attention_mask=self.attention_mask[rows, :width],
-            action_mask=self.action_mask[rows, :width],
-            row_traj=torch.repeat_interleave(torch.arange(idx.numel(), device=idx.device), n_rows),
-            row_cu=_offsets(n_rows), old_logp=self.old_logp[tokens],
-            step_cu=_offsets(self.step_cu[steps + 1] - self.step_cu[steps]),
-            traj_cu=_offsets(self.traj_cu[idx + 1] - self.traj_cu[idx]),
-            group_cu=_runs(self.group_id[idx]), group_id=self.group_id[idx],
-            step_env_reward=self.step_env_reward[steps], step_valid=self.step_valid[steps],
-            outcome=self.outcome[idx], won=self.won[idx], score=self.score[idx],
-            num_steps=self.num_steps[idx], task_seed=self.task_seed[idx])
-
-
-def _offsets(lengths: torch.Tensor) -> torch.Tensor:
-    """(K,) lengths -> (K+1,) int64 cumulative offsets starting at 0."""
-    return F.pad(lengths.long().cumsum(0), (1, 0))
-
-
-def _ranges(starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """Concatenation of arange(starts[i], ends[i]) without a Python loop."""
-    lengths = ends - starts  # (K,)
-    shift = torch.repeat_interleave(starts - _offsets(lengths)[:-1], lengths)  # (sum,)
-    return shift + torch.arange(int(lengths.sum()), device=starts.device)
-
-
-def _runs(group_id: torch.Tensor) -> torch.Tensor:
-    """(N,) group ids -> (M+1,) offsets of runs of equal consecutive ids."""
-    if group_id.numel() == 0:
-        return torch.zeros(1, dtype=torch.long, device=group_id.device)
-    _, counts = torch.unique_consecutive(group_id, return_counts=True)
-    return _offsets(counts)
-
-
-def pack(trajectories: list[Trajectory], device=None, pad_id: int = 0) -> Batch:
-    """Stack trajectories into a right-padded ``Batch`` (shape vocabulary in the module docstring)."""
-    if not trajectories:
-        raise ValueError("pack(trajectories=[]): expected at least one trajectory")
-    rows, masks, row_counts = [], [], []
-    for i, t in enumerate(trajectories):
-        n_act = sum(sum(m) for m in t.action_masks)
-        if not (n_act == len(t.logp) == sum(t.step_lengths)) or len(t.step_lengths) != len(t.step_rewards):
-            raise ValueError(f"pack: trajectory {i} is inconsistent: {n_act} masked tokens, {len(t.logp)} log-probs, "
-                             f"{sum(t.step_lengths)} step tokens, {len(t.step_rewards)} rewards")
-        rows += t.rows
-        masks += t.action_masks
-        row_counts.append(len(t.rows))
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (R, L)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (R, L)
-    action_mask = torch.zeros((len(rows), width), dtype=torch.bool)  # (R, L)
-    for r, (ids, m) in enumerate(zip(rows, masks)):
-        input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[r, :len(ids)] = 1
-        action_mask[r, :len(ids)] = torch.tensor(m, dtype=torch.bool)
-    n_rows = torch.tensor(row_counts)
-    col = lambda name, dtype: torch.tensor([getattr(t, name) for t in trajectories], dtype=dtype)  # noqa: E731
-    flat = lambda name, dtype: torch.tensor([x for t in trajectories for x in getattr(t, name)],  # noqa: E731
-                                            dtype=dtype)
-    group_id = col("group_id", torch.long)
-    batch = Batch(
-        input_ids=input_ids, attention_mask=attention_mask, action_mask=action_mask,
-        row_traj=torch.repeat_interleave(torch.arange(len(trajectories)), n_rows), row_cu=_offsets(n_rows),
-        old_logp=flat("logp", torch.float32), step_cu=_offsets(flat("step_lengths", torch.long)),
-        traj_cu=_offsets(col("num_steps", torch.long)), group_cu=_runs(group_id), group_id=group_id,
-        step_env_reward=flat("step_rewards", torch.float32), step_valid=flat("step_valid", torch.bool),
-        outcome=col("outcome", torch.float32), won=col("won", torch.bool), score=col("score", torch.float32),
-        num_steps=col("num_steps", torch.long), task_seed=col("task_seed", torch.long))
-    return batch.to(device) if device is not None else batch
