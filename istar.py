@@ -49,6 +49,7 @@ import torch
 
 import distributed
 from advantage import combined_advantage, episode_advantage, scale_step_rewards
+from batch import _ranges
 from model import token_logprobs
 from prm import prime_ce_loss, preference_pairs, step_rewards, token_rewards, trajectory_dpo_loss, trajectory_scores
 
@@ -70,7 +71,8 @@ def _chunks(indices: torch.Tensor, size: int):
 def _token_index(batch, traj_idx: torch.Tensor) -> torch.Tensor:
     """Indices into the packed token arrays (T,) of the selected trajectories, in order."""
     tok_cu = batch.step_cu[batch.traj_cu]  # (N+1,) token offsets of each trajectory
-    return torch.cat([torch.arange(int(tok_cu[i]), int(tok_cu[i + 1]), device=tok_cu.device) for i in traj_idx.tolist()])
+    idx = traj_idx.to(tok_cu.device)
+    return _ranges(tok_cu[idx], tok_cu[idx + 1])  # (T_sel,) no Python loop
 
 
 def _logprobs(model, batch, with_entropy=False):

@@ -21,8 +21,7 @@ from envs import make_env
 from model import load_model, token_logprobs
 from prm import step_rewards
 from rollout import pack, rollout
-
-EVAL_SEED_BASE = 2**31
+from warmstart import EVAL_SEED_BASE
 
 
 def _load(run_dir: Path, name: str):

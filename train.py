@@ -45,9 +45,8 @@ from envs import make_env
 from istar import NonFiniteError, istar_update
 from model import build_default_model, build_tokenizer, clone_model, load_model, save_model
 from rollout import Trajectory, pack, rollout
-from warmstart import env_corpus, warm_start
+from warmstart import EVAL_SEED_BASE, env_corpus, warm_start
 
-EVAL_SEED_BASE = 2**31  # held-out tasks: seeds >= 2**31; training tasks are drawn below 2**31
 
 
 # ---------------------------------------------------------------------------------------------

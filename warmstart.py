@@ -21,7 +21,8 @@ import torch
 from envs import wrap_action
 from model import encode_action, format_observation, format_prompt, token_logprobs
 
-DEMO_SEED_BASE = 2**31 + 2 * 10**6
+EVAL_SEED_BASE = 2**31  # held-out tasks: seeds >= 2**31; training tasks are drawn below 2**31
+DEMO_SEED_BASE = EVAL_SEED_BASE + 2 * 10**6  # demonstrations: their own range
 
 
 def play_noisy_expert(env, seed: int, random_frac: float, rng: np.random.Generator):

@@ -138,16 +138,21 @@ def _segment_normalize_kernel(
                 tl.store(token_adv_ptr + tidx, vals, mask=tidx < tok_hi)
 
 
-def segment_normalize_triton(step_reward, episode_adv, step_cu, traj_cu, group_cu, alpha: float,
-                             eps: float = 1e-6, num_tokens: int | None = None, max_group_size: int | None = None):
-    """Launcher. num_tokens (T) and max_group_size are read from the offsets unless given (saves a sync)."""
-    # (1) constraints that cost no device sync (values are checked in segment_normalize)
+def _check_cheap(step_reward, episode_adv, step_cu, traj_cu, group_cu) -> None:
+    """Dtype, rank and device checks: no device sync (value checks live in segment_normalize)."""
     check_float_vector("step_reward", step_reward)
     check_float_vector("episode_adv", episode_adv)
     for name, cu in (("step_cu", step_cu), ("traj_cu", traj_cu), ("group_cu", group_cu)):
         check_offsets_dtype(name, cu)
     check_same_device(step_reward=step_reward, episode_adv=episode_adv, step_cu=step_cu,
                       traj_cu=traj_cu, group_cu=group_cu)
+
+
+def segment_normalize_triton(step_reward, episode_adv, step_cu, traj_cu, group_cu, alpha: float,
+                             eps: float = 1e-6, num_tokens: int | None = None, max_group_size: int | None = None):
+    """Launcher. num_tokens (T) and max_group_size are read from the offsets unless given (saves a sync)."""
+    # (1) constraints that cost no device sync (values are checked in segment_normalize)
+    _check_cheap(step_reward, episode_adv, step_cu, traj_cu, group_cu)
     require_launchable(_segment_normalize_kernel, step_reward)
     step_reward, episode_adv = step_reward.detach().contiguous(), episode_adv.detach().contiguous()
     step_cu, traj_cu, group_cu = step_cu.contiguous(), traj_cu.contiguous(), group_cu.contiguous()
@@ -174,12 +179,7 @@ def segment_normalize(step_reward, episode_adv, step_cu, traj_cu, group_cu, alph
     impl: "triton", "reference", or None (set_impl / $ISTAR_KERNELS, else Triton iff on CUDA).
     Inputs that require grad are detached: the outputs are constants for the policy loss.
     """
-    check_float_vector("step_reward", step_reward)
-    check_float_vector("episode_adv", episode_adv)
-    for name, cu in (("step_cu", step_cu), ("traj_cu", traj_cu), ("group_cu", group_cu)):
-        check_offsets_dtype(name, cu)
-    check_same_device(step_reward=step_reward, episode_adv=episode_adv, step_cu=step_cu,
-                      traj_cu=traj_cu, group_cu=group_cu)
+    _check_cheap(step_reward, episode_adv, step_cu, traj_cu, group_cu)
     num_steps, num_trajs = step_reward.shape[0], episode_adv.shape[0]
     for name, cu, n in (("step_cu", step_cu, num_steps), ("traj_cu", traj_cu, num_trajs)):
         if cu.shape[0] != n + 1:
