@@ -41,6 +41,8 @@ class Config:
     max_action_tokens: int = knob(48, "generation limit of one action (tokens); a longer answer is cut and invalid", "rollout")
     max_context: int = knob(1024, "context limit; longer trajectories keep the prompt + most recent steps", "rollout")
     history_steps: int = knob(0, "past steps kept in the context (paper's Sokoban: 2); 0 = all that fit in max_context", "rollout")
+    rollout_engine: str = knob("auto", "decode cache: static (engine.py: preallocated cache, functional Llama-family forward) | hf (the model's own forward; any HF causal LM) | auto (static when the model passes its check)", "rollout", ["auto", "static", "hf"])
+    cuda_graphs: bool = knob(True, "capture the static engine's decode step in CUDA graphs (CUDA only; falls back to eager on any failure)", "rollout")
     # --- implicit PRM (paper.md E1-E4, E9) ------------------------------------------------
     istar: bool = knob(True, "add iStar's implicit step rewards (α·A^S) to the base algorithm", "prm")
     beta: float = knob(0.05, "β of the implicit reward, paper Eq. 1 (paper: 0.05)", "prm")

@@ -7,9 +7,9 @@ What each rank does in one iteration (paper.md "The loop"), and why K ranks == 1
   1. Task seeds are drawn on every rank from the same RNG, then split into K contiguous shards of
      whole tasks (`shard`): a group (the G rollouts of one task) lives on one rank, so the group
      statistics of RLOO/GRPO (E5), the step-level normalisation (E6) and the DPO pairs (E3) stay
-     local. Each task samples from its own generator seeded by (run seed, iteration, task index)
-     (`task_generators`, rollout.py `_sample_per_task`), so a task's trajectories do not depend on
-     which rank or batch-mates it has.
+     local. Each task draws its episodes' sampling keys from its own generator seeded by (run seed,
+     iteration, task index) (`task_generators`, sampler.py `row_keys`), so a task's trajectories do
+     not depend on which rank or batch-mates it has.
   2. Statistics that span the batch are all-reduced: the number of DPO pairs (the PRM loss is a
      mean over all pairs of the batch), REINFORCE++'s batch whitening (E5), E4's batch max |r|, and
      every logged mean/std (`mean_std`, `merge_means`, `gather_objects`).

@@ -24,10 +24,10 @@ What lives here:
 
 Shape vocabulary: B rows in the cache, C cache columns, q new columns, W padded width, V vocab.
 
-Faster GPU decoding later: ``_forward`` and ``_KV`` are the whole interface, so a static-shape /
-CUDA-graph / ``torch.compile`` variant (cache pre-allocated at ``max_context``, batch padded to a
-bucket, holes written in place) can replace them without touching rollout.py's episode
-bookkeeping. Not done yet: there is no ``compile`` flag.
+``HFCache`` wraps these functions in rollout.py's cache interface. engine.py's ``Engine`` offers
+the same interface with static buffers and a functional forward (CUDA graphs on GPU) for
+Llama-family models; this file is the fallback for any other full-attention HF causal LM and the
+reference the engine is tested against (tests/test_engine.py).
 
 References:
   1) iStar, https://arxiv.org/abs/2509.19199 (Algorithm 1, step 1: roll out with π_θold)
@@ -39,6 +39,7 @@ Limitation: full-attention models only; ``_new_cache`` rejects sliding-window or
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -93,8 +94,9 @@ def _forward(model, kv: _KV | None, ids: torch.Tensor, mask: torch.Tensor) -> tu
     start = kv.next_pos if kv is not None else torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
     attn = mask if kv is None else torch.cat([kv.attn, mask], dim=1)  # (B, C + q)
     pos = (start[:, None] + mask.cumsum(1) - 1).clamp(min=0)  # (B, q) positions count real tokens only
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos,
-                past_key_values=_new_cache(model) if kv is None else kv.cache, use_cache=True, logits_to_keep=1)
+    cache = _new_cache(model) if kv is None else kv.cache
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # renamed in transformers 5.2x
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1, **{name: cache})
     return _KV(out.past_key_values, attn, start + mask.sum(1)), out.logits[:, -1].float()
 
 
@@ -152,3 +154,52 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
         ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
         mask[i, width - len(s):] = 1
     return ids.to(device), mask.to(device)
+
+
+class HFCache:
+    """rollout.py's cache interface (``begin``, ``add``, ``feed``, ``step``, ``hide``, ``keep``; the same as
+    engine.py's ``Engine``) over the functions above: any full-attention Hugging Face causal LM.
+
+    Rows are kept in rollout order; ``add(n)`` appends n new rows, which the next ``feed`` prefills in
+    a fresh cache and merges under the live ones."""
+
+    def __init__(self, model, pad_id: int):
+        self.model, self.pad_id = model, pad_id
+
+    def begin(self, n_rows: int) -> None:
+        self.kv, self.B, self.n_new = None, 0, 0
+
+    def add(self, n: int) -> None:
+        self.B, self.n_new = self.B + n, self.n_new + n
+
+    def feed(self, chunks: list[list[int]]) -> torch.Tensor:
+        """Append one token list per row (left-padded); next-token logits (B, V) fp32."""
+        if len(chunks) != self.B or not all(chunks):
+            raise ValueError(f"HFCache.feed: expected {self.B} non-empty chunks, got {[len(x) for x in chunks]}")
+        old, device = self.B - self.n_new, next(self.model.parameters()).device
+        logits = []
+        if old:
+            self.kv, lg = _forward(self.model, self.kv, *_left_pad(chunks[:old], self.pad_id, device))
+            logits.append(lg)
+        if self.n_new:
+            kv_new, lg = _forward(self.model, None, *_left_pad(chunks[old:], self.pad_id, device))
+            self.kv = _merge(self.kv, kv_new)
+            logits.append(lg)
+        self.n_new = 0
+        return torch.cat(logits)  # (B, V)
+
+    def step(self, tok: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B,); rows with ``live`` False write a hole. Logits (B, V) fp32."""
+        self.kv, logits = _forward(self.model, self.kv, torch.where(live, tok, self.pad_id)[:, None], live.long()[:, None])
+        return logits
+
+    def hide(self, hidden: torch.Tensor) -> None:
+        """Turn the real tokens among the last k columns into holes where ``hidden`` (B, k) is True."""
+        cols = self.kv.attn[:, -hidden.shape[1]:]  # (B, k) view
+        self.kv.next_pos -= (cols.bool() & hidden).sum(1)
+        cols *= (~hidden).long()
+
+    def keep(self, idx: list[int]) -> None:
+        """Keep rows ``idx`` (in that order); compact the cache once holes waste 25% of it."""
+        self.kv = _compact(_select(self.kv, idx))
+        self.B = len(idx)

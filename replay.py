@@ -40,6 +40,7 @@ def replay_episode(run_dir: Path, cli_cfg: Config) -> list[dict]:
     seed = EVAL_SEED_BASE + cli_cfg.seed  # --seed K picks the K-th held-out task
     traj = rollout(policy, tokenizer, lambda: make_env(cfg.env, **kwargs), [seed], 1, temperature=0.0,
                    max_action_tokens=cfg.max_action_tokens, max_context=cfg.max_context,
+                   max_history_steps=cfg.history_steps or None, engine=cfg.rollout_engine,
                    generator=torch.Generator().manual_seed(0), device="cpu")[0]
     batch = pack([traj], "cpu", tokenizer.pad_token_id)
     old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask)  # (T,)

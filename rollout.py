@@ -4,24 +4,33 @@ Step 1 of the iStar loop (paper Algorithm 1; paper.md "The loop"): roll out N ta
 with π_θold. The G rollouts of one task seed form a group (paper.md E3/E5/E6 normalise and pair
 inside groups); groups are contiguous in the output, in ``task_seeds`` order.
 
-This file holds ``Trajectory``, ``rollout`` and the episode bookkeeping (sampling, action ends,
-env steps, history windows). The batched KV cache with holes (``_KV``, ``_forward``, ``_select``,
-``_merge``, ``_compact``, ``_left_pad``) lives in kvcache.py, which also explains why the holes
-are correct; packing trajectories into tensors (``Batch``, ``pack``) lives in batch.py and is
-re-exported here, so ``from rollout import Batch, Trajectory, pack, rollout`` works.
+This file holds ``Trajectory``, ``rollout`` and the episode bookkeeping (action ends, env steps,
+history windows). The decode cache is either engine.py's ``Engine`` (static buffers, a functional
+Llama-family forward, CUDA graphs) or kvcache.py's ``HFCache`` (the model's own forward, any HF
+causal LM); both offer ``begin``/``add``/``feed``/``step``/``hide``/``keep`` and kvcache.py explains
+why holes are correct. Tokens come from sampler.py. Packing trajectories into tensors (``Batch``,
+``pack``) lives in batch.py and is re-exported here, so ``from rollout import Batch, Trajectory,
+pack, rollout`` works.
 
 How one rollout batch runs (all live episodes decode together):
   1. Prefill: every episode's context [system + first observation + assistant prefix] is
-     left-padded into one batch; position ids come from the attention mask.
-  2. Decode: one token per live row per forward, reusing the KV cache (kvcache.py). A row whose
-     action has ended (the ``</action>`` tag, an EOS token, or ``max_action_tokens``) feeds a
-     *hole* (a pad token with attention mask 0) until every row has ended its action.
+     left-padded into one chunk; position ids count real tokens only.
+  2. Decode: one token per row per forward, every sampled token fed to the cache at once. A row
+     whose action has ended on a stop token (EOS, the end-of-turn token, or a single token holding
+     ``</action>``) feeds *holes* (mask 0) from then on, decided on the device. The host looks at
+     the tokens after 1, 2, 4, 8, then every ``sync_every`` tokens: it finds tags spelled over
+     several tokens (their later tokens become holes, ``cache.hide``) and stops once every row has
+     ended or ``max_action_tokens`` is reached. Tokens decoded past an action's end are discarded.
   3. Env step: each action is decoded to text and handed to its env. Finished episodes leave
      the batch (their cache rows are dropped). The other rows *append* [end of assistant turn +
      next observation + assistant prefix] to the existing cache in one left-padded chunk.
-  The cache therefore has holes in the middle of rows, and is compacted when they waste 25% of
-  its width (kvcache.py). Log-probs recorded this way equal a fresh ``model.token_logprobs``
-  pass over the packed rows (tested).
+  The cache therefore has holes in the middle of rows; ``keep`` compacts them away (engine.py:
+  every env step; kvcache.py: when they waste 25% of its width). Log-probs recorded this way
+  equal a fresh ``model.token_logprobs`` pass over the packed rows (tested, both caches).
+
+Sampling (sampler.py): each episode gets a key from ``generator`` (or its task's generator) and a
+token is a pure function of (key, env step, token index), so an episode's trajectory does not
+depend on its batch mates, on when the host checks for stops, or on the rank it runs on.
 
 Recorded log-probs: ``Trajectory.logp`` holds log π_θold(y) of each generated token at
 temperature 1 under the untruncated distribution, i.e. the policy itself, whatever
@@ -59,12 +68,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from batch import Batch, pack  # noqa: F401  re-exported: callers import them from rollout
+from engine import Engine
 from envs.base import Env
-from kvcache import _compact, _forward, _left_pad, _merge, _select
+from kvcache import HFCache
 from model import format_observation, format_prompt, stop_token_ids
+from sampler import row_keys, sample
 
 _ACTION_END_RE = re.compile(r"<\s*/\s*action\s*>", re.IGNORECASE)  # same tolerance as envs.base.parse_action
 
@@ -97,37 +107,6 @@ class Trajectory:
         return len(self.step_rewards)
 
 
-# -- sampling -----------------------------------------------------------------------------------
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample from logits (B, V); return the tokens (B,) and their temperature-1 log-probs (B,)."""
-    logp = F.log_softmax(logits, dim=-1)  # (B, V) the policy itself, recorded as old_logp
-    if temperature == 0:
-        tok = logits.argmax(-1)  # (B,) greedy
-    else:
-        scaled = logits / temperature  # (B, V)
-        if top_p < 1.0:  # nucleus: drop tokens once the mass before them already reaches top_p
-            sorted_logits, order = scaled.sort(-1, descending=True)
-            probs = sorted_logits.softmax(-1)
-            drop = (probs.cumsum(-1) - probs) >= top_p  # (B, V), never drops the top token
-            scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-        tok = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)  # (B,)
-    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
-
-
-def _sample_per_task(logits, temperature, top_p, generators, row_task: list[int], active: torch.Tensor):
-    """``_sample`` where each task's live rows draw from that task's own generator (in batch order), so a
-    task's trajectories do not depend on which other tasks share the batch: N tasks on one process and
-    the same tasks split across data-parallel ranks sample the same trajectories (distributed.py).
-    Rows whose action has ended draw nothing (their token is discarded anyway)."""
-    tok = logits.argmax(-1)  # (B,) placeholder for ended rows, and the greedy choice
-    if temperature > 0:
-        live = active.nonzero().flatten().tolist()
-        for task in dict.fromkeys(row_task[b] for b in live):  # tasks in order of first row
-            idx = torch.tensor([b for b in live if row_task[b] == task], device=logits.device)
-            tok[idx] = _sample(logits[idx], temperature, top_p, generators[task])[0]
-    return tok, F.log_softmax(logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)  # (B,), (B,)
-
-
 class _Episode:
     def __init__(self, env: Env, traj: Trajectory, prompt: list[int]):
         self.env, self.traj, self.prompt = env, traj, prompt
@@ -157,23 +136,31 @@ class _Episode:
 def rollout(model, tokenizer, make_env: Callable[[], Env], task_seeds: list[int], group_size: int, *,
             temperature: float = 1.0, top_p: float = 1.0, max_action_tokens: int = 64, max_context: int | None = None,
             max_history_steps: int | None = None, seed: int = 0, generator: torch.Generator | None = None,
-            device=None) -> list[Trajectory]:
+            device=None, engine: str = "auto", cuda_graphs: bool = True, sync_every: int = 8) -> list[Trajectory]:
     """Roll out ``len(task_seeds)`` tasks × ``group_size`` episodes; see the module docstring.
 
     ``max_context`` defaults to the model's ``max_position_embeddings``; ``max_history_steps=None``
-    keeps every past step that fits. Greedy when ``temperature == 0``. Sampling uses ``generator``
-    (default: a fresh one seeded with ``seed`` on ``device``), so a call is reproducible on CPU; a list
-    of generators, one per task seed, gives every task its own stream (``_sample_per_task``).
-    Log-probs are recorded at temperature 1 (see the module docstring). Returns the trajectories
-    grouped: ``out[i * group_size + g]`` is rollout g of ``task_seeds[i]``, with ``group_id == i``.
+    keeps every past step that fits. Greedy when ``temperature == 0``. Each episode's sampling key is
+    drawn from ``generator`` (default: a fresh one seeded with ``seed`` on ``device``), or from a list
+    of generators, one per task seed (sampler.py): a call is reproducible, and an episode's tokens do
+    not depend on its batch mates. Log-probs are recorded at temperature 1 (module docstring).
+    ``engine``: "static" (engine.py: static cache, functional forward, CUDA graphs when ``cuda_graphs``
+    and on CUDA), "hf" (kvcache.py: the model's own forward, any full-attention HF causal LM) or "auto"
+    (static when the model passes its support check). Stops are looked for on the host every
+    ``sync_every`` tokens at most (fewer host syncs; tokens past an action's end are discarded).
+    Returns the trajectories grouped: ``out[i * group_size + g]`` is rollout g of ``task_seeds[i]``,
+    with ``group_id == i``.
     """
-    if group_size < 1 or max_action_tokens < 1:
-        raise ValueError(f"rollout: group_size={group_size} and max_action_tokens={max_action_tokens} must be >= 1")
+    if group_size < 1 or max_action_tokens < 1 or sync_every < 1:
+        raise ValueError(f"rollout: group_size={group_size}, max_action_tokens={max_action_tokens} and "
+                         f"sync_every={sync_every} must be >= 1")
     if max_context is not None and max_action_tokens >= max_context:
         raise ValueError(f"rollout: max_action_tokens={max_action_tokens} leaves no room for context in "
                          f"max_context={max_context}")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"rollout: expected temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if engine not in ("auto", "static", "hf"):
+        raise ValueError(f"rollout(engine={engine!r}): expected 'auto', 'static' or 'hf'")
     limit = getattr(model.config, "max_position_embeddings", None)
     max_context = max_context or limit or 2048  # default: the model's own context length
     if limit is not None and max_context > limit:
@@ -197,52 +184,61 @@ def rollout(model, tokenizer, make_env: Callable[[], Env], task_seeds: list[int]
             if len(ep.prompt) > budget:
                 warnings.warn(f"rollout: prompt of {len(ep.prompt)} tokens + max_action_tokens exceeds "
                               f"max_context={max_context}; the row is kept whole")
+            ep.idx = len(episodes)
             episodes.append(ep)
+    keys = row_keys(generator, len(episodes), device)  # (E, 2) one sampling key per episode
 
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            _run(model, tokenizer, episodes, stop_ids, pad_id, budget, max_history_steps, max_action_tokens,
-                 temperature, top_p, generator, device)
+            cache = make_cache(model, engine, cuda_graphs, pad_id)
+            _run(cache, tokenizer, episodes, keys, stop_ids, budget, max_history_steps, max_action_tokens,
+                 temperature, top_p, device, sync_every)
     finally:
         model.train(was_training)
     return [e.traj for e in episodes]
 
 
-def _run(model, tokenizer, episodes, stop_ids, pad_id, budget, max_history_steps, max_action_tokens,
-         temperature, top_p, generator, device) -> None:
-    kv, cached, fresh = None, [], list(episodes)  # cached: episodes whose rows are in kv, in row order
-    stop_t = torch.tensor(stop_ids, device=device)
-    closes = None  # (V,) built on the first logits, whose width is the model's vocabulary
+def make_cache(model, engine: str = "auto", cuda_graphs: bool = True, pad_id: int = 0):
+    """The decode cache ``rollout`` drives: engine.py's ``Engine`` or kvcache.py's ``HFCache``."""
+    if engine != "hf":
+        eng = Engine.build(model, graphs=cuda_graphs)
+        if eng is not None:
+            return eng
+        if engine == "static":
+            raise ValueError(f"rollout(engine='static'): {type(model).__name__} failed the static engine's support "
+                             f"check (not a plain full-attention Llama-family decoder); use engine='hf' or 'auto'")
+    return HFCache(model, pad_id)
+
+
+def _run(cache, tokenizer, episodes, keys, stop_ids, budget, max_history_steps, max_action_tokens,
+         temperature, top_p, device, sync_every) -> None:
+    cache.begin(len(episodes))
+    cached, fresh = [], list(episodes)  # cached: episodes whose rows are in the cache, in row order
+    tables = None  # (stop, closes), built on the first logits, whose width is the model's vocabulary
     while cached or fresh:
-        # 1. Bring every live row's context into the cache: append to cached rows, prefill new ones.
-        logits = []
-        if cached:
-            kv, lg = _forward(model, kv, *_left_pad([e.pending for e in cached], pad_id, device))
-            logits.append(lg)
-        if fresh:
-            kv_new, lg = _forward(model, None, *_left_pad([e.pending for e in fresh], pad_id, device))
-            kv = _merge(kv, kv_new)
-            logits.append(lg)
+        # 1. Bring every live row's context into the cache: cached rows append, new rows start.
+        cache.add(len(fresh))
         rows = cached + fresh
+        logits = cache.feed([e.pending for e in rows])  # (B, V)
         for e in rows:
             e.pending = []
+        if tables is None:
+            tables = _vocab_tables(tokenizer, logits.shape[1], stop_ids, device)
         # 2. Decode one action per row.
-        logits = torch.cat(logits)  # (B, V)
-        if closes is None:
-            closes = _closing_tokens(tokenizer, logits.shape[1], device)
-        kv, toks, lps, lengths, unfed = _decode_action(model, kv, logits, tokenizer, stop_t, closes, pad_id,
-                                                       max_action_tokens, temperature, top_p, generator,
-                                                       [e.traj.group_id for e in rows])
+        keys_b = keys[torch.tensor([e.idx for e in rows], device=device)]  # (B, 2)
+        steps = torch.tensor([e.traj.num_steps for e in rows], device=device)  # (B,) env step of each row
+        toks, lps = _decode_action(cache, logits, keys_b, steps, tokenizer, *tables, max_action_tokens,
+                                   temperature, top_p, sync_every)
         # 3. Step the envs; finished episodes leave, others append or start a windowed row.
         keep, fresh = [], []
+        texts = tokenizer.batch_decode(toks, skip_special_tokens=True)
         for b, e in enumerate(rows):
-            a_ids, a_lp = toks[b][:lengths[b]], lps[b][:lengths[b]]
-            text = tokenizer.decode(a_ids, skip_special_tokens=True)
+            a_ids, text = toks[b], texts[b]
             obs, reward, done, info = e.env.step(text)
             t = e.traj
-            t.logp += a_lp
+            t.logp += lps[b]
             t.step_lengths.append(len(a_ids))
             t.step_rewards.append(reward)
             t.step_valid.append(bool(info.get("valid_action", False)))
@@ -266,18 +262,27 @@ def _run(model, tokenizer, episodes, stop_ids, pad_id, budget, max_history_steps
                 e.row += ctx
                 e.row_mask += [False] * len(ctx)
                 e.row_steps += 1
-                e.pending = a_ids[len(a_ids) - unfed[b]:] + ctx
+                e.pending = ctx  # the whole action is already in the cache
                 keep.append(b)
-        kv = _compact(_select(kv, keep))
+        cache.keep(keep)
         cached = [rows[b] for b in keep]
 
 
-def _closing_tokens(tokenizer, vocab: int, device) -> torch.Tensor:
-    """(V,) True for tokens whose text contains '>': only those can complete an ``</action>`` tag,
-    so only rows that just sampled one are decoded to text and searched for the tag."""
+def _vocab_tables(tokenizer, vocab: int, stop_ids: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (V,) masks. ``stop``: tokens that end an action by themselves (stop ids, and single tokens
+    whose text holds a whole ``</action>`` tag), detected on the device without a host sync.
+    ``closes``: other tokens whose text contains '>': only those can complete a tag spelled over
+    several tokens, so only rows that sampled one are decoded to text and searched on the host."""
     names = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
-    flags = [">" in (s or "") for s in names] + [False] * max(0, vocab - len(tokenizer))  # ids past the tokenizer
-    return torch.tensor(flags, device=device)
+    closes = [">" in (s or "") for s in names] + [False] * max(0, vocab - len(names))  # ids past the tokenizer
+    stop = [False] * vocab
+    for i in stop_ids:
+        if 0 <= i < vocab:
+            stop[i] = True
+    for i, c in enumerate(closes):
+        if c and _ACTION_END_RE.search(tokenizer.decode([i])):
+            stop[i], closes[i] = True, False
+    return torch.tensor(stop, device=device), torch.tensor(closes, device=device)
 
 
 def _closes_action(tokenizer, tail: list[int]) -> bool:
@@ -286,32 +291,54 @@ def _closes_action(tokenizer, tail: list[int]) -> bool:
     return _ACTION_END_RE.search(tokenizer.decode(tail)) is not None
 
 
-def _decode_action(model, kv, logits, tokenizer, stop_t, closes, pad_id, max_tokens, temperature, top_p, generator,
-                   row_task: list[int]):
-    """Decode until every row ended its action; returns per row its tokens, log-probs, length and the
-    number of its last tokens not yet fed to the cache (0 or 1)."""
-    B = logits.shape[0]
-    tok_buf = torch.zeros(B, max_tokens, dtype=torch.long, device=logits.device)  # (B, A)
-    lp_buf = torch.zeros(B, max_tokens, device=logits.device)  # (B, A)
-    active = torch.ones(B, dtype=torch.bool, device=logits.device)
-    lengths = torch.full((B,), max_tokens, dtype=torch.long, device=logits.device)
-    for t in range(max_tokens):
-        if isinstance(generator, (list, tuple)):
-            tok, lp = _sample_per_task(logits, temperature, top_p, generator, row_task, active)  # (B,), (B,)
-        else:
-            tok, lp = _sample(logits, temperature, top_p, generator)  # (B,), (B,)
-        tok_buf[:, t], lp_buf[:, t] = tok, lp
-        stop = torch.isin(tok, stop_t)  # (B,)
-        for b in (active & closes[tok] & ~stop).nonzero().flatten().tolist():
-            stop[b] = _closes_action(tokenizer, tok_buf[b, max(0, t - 15):t + 1].tolist())
-        was_active = active
-        lengths = torch.where(active & stop, t + 1, lengths)
-        active = active & ~stop
-        if t == max_tokens - 1 or not bool(active.any()):
-            break
-        # Rows that just sampled feed their token; rows already done feed a hole.
-        kv, logits = _forward(model, kv, torch.where(was_active, tok, pad_id)[:, None], was_active.long()[:, None])
-    lengths_l = lengths.tolist()
-    toks = [r[:n] for r, n in zip(tok_buf.tolist(), lengths_l)]
-    lps = [r[:n] for r, n in zip(lp_buf.tolist(), lengths_l)]
-    return kv, toks, lps, lengths_l, was_active.long().tolist()
+def _decode_action(cache, logits, keys, steps, tokenizer, stop, closes, max_tokens, temperature, top_p, sync_every):
+    """Decode one action per row until every row has ended it (a stop token, a spelled-out
+    ``</action>``, or ``max_tokens``); returns per row its tokens and their log-probs.
+
+    Every sampled token is fed to the cache at once (no host sync). Rows whose action ended on a
+    ``stop`` token feed holes from then on; a tag spelled over several tokens is found at the next
+    host check (every ``sync_every`` tokens at most), and the tokens fed after it become holes
+    (``cache.hide``), so the cache ends up exactly as if decoding had stopped there."""
+    B, dev = logits.shape[0], logits.device
+    tok_buf = torch.zeros(B, max_tokens, dtype=torch.long, device=dev)  # (B, A)
+    lp_buf = torch.zeros(B, max_tokens, device=dev)  # (B, A)
+    fed = torch.zeros(B, max_tokens, dtype=torch.bool, device=dev)  # (B, A) token went in as a real token
+    live = torch.ones(B, dtype=torch.bool, device=dev)  # (B,) still writing its action
+    lengths, done = [max_tokens] * B, [False] * B
+    t0 = 0
+    while t0 < max_tokens and not all(done):
+        t1 = min(max_tokens, t0 + max(1, min(sync_every, t0)))  # host checks after tokens 1, 2, 4, 8, 16, 24, ...
+        for t in range(t0, t1):
+            tok, lp = sample(logits, keys, steps, t, temperature, top_p)  # (B,), (B,)
+            tok_buf[:, t], lp_buf[:, t], fed[:, t] = tok, lp, live
+            logits = cache.step(tok, live)
+            live = live & ~stop[tok]
+        # One host sync: where did each row's action end inside [t0, t1)?
+        seg, seg_fed = tok_buf[:, t0:t1], fed[:, t0:t1]  # (B, k)
+        stop_hit = stop[seg] & seg_fed  # (B, k)
+        k = t1 - t0
+        ends = torch.where(stop_hit.any(1), stop_hit.int().argmax(1), k).tolist()  # (B,) k = no stop token
+        cand = closes[seg] & seg_fed  # (B, k) tokens that may complete a spelled-out tag
+        cand_rows = cand.any(1).nonzero().flatten().tolist()
+        if cand_rows:
+            cand_l, tails = cand[cand_rows].tolist(), tok_buf[cand_rows, :t1].tolist()
+            tagged = []
+            for r, b in enumerate(cand_rows):
+                for j in range(ends[b]):
+                    if cand_l[r][j] and _closes_action(tokenizer, tails[r][max(0, t0 + j - 15):t0 + j + 1]):
+                        ends[b] = j
+                        tagged.append(b)
+                        break
+            if tagged:
+                after = torch.arange(k, device=dev)[None, :] > torch.tensor([ends[b] for b in tagged], device=dev)[:, None]
+                hidden = torch.zeros_like(seg_fed)
+                hidden[tagged] = after & seg_fed[tagged]  # tokens fed after the tag
+                cache.hide(hidden)
+                live[tagged] = False
+        for b, j in enumerate(ends):
+            if j < k and not done[b]:
+                lengths[b], done[b] = t0 + j + 1, True
+        t0 = t1
+    toks = [r[:n] for r, n in zip(tok_buf.tolist(), lengths)]
+    lps = [r[:n] for r, n in zip(lp_buf.tolist(), lengths)]
+    return toks, lps

@@ -132,7 +132,8 @@ def load_checkpoint(run_dir: Path, policy, prm, policy_opt, prm_opt, rngs: dict)
 # ---------------------------------------------------------------------------------------------
 def rollout_kwargs(cfg: Config, device) -> dict:
     return dict(top_p=cfg.top_p, max_action_tokens=cfg.max_action_tokens, max_context=cfg.max_context,
-                max_history_steps=cfg.history_steps or None, device=device)
+                max_history_steps=cfg.history_steps or None, device=device, engine=cfg.rollout_engine,
+                cuda_graphs=cfg.cuda_graphs)
 
 
 def env_metrics(trajs, prefix="env") -> dict:

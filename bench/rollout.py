@@ -1,9 +1,11 @@
 """Throughput of ``rollout.rollout`` next to plain Hugging Face ``model.generate``.
 
 Measures generated tokens/s and env steps/s of our batched multi-turn rollout for the default
-model (``model.build_default_model(size)``, random weights) at batch 1, 64 and 512, and of
-``model.generate`` with a ~128-token prompt and 64 new tokens, one episode at a time and batched.
-On CUDA it runs in bf16; on CPU it falls back to small batches and fp32 and says so.
+model (``model.build_default_model(size)``, random weights) at batch 1, 64 and 512, with each
+cache rollout.py can drive (engine.py's static engine, with and without CUDA graphs on CUDA, and
+kvcache.py's HF forward), and of ``model.generate`` with a 128-token prompt and 64 new tokens,
+one episode at a time and batched. Every configuration runs once untimed first (CUDA graphs are
+captured then). On CUDA it runs in bf16; on CPU it falls back to small batches and fp32 and says so.
 
 The bench env shows a ~128-token observation and lasts ``--steps`` steps whatever the action,
 so the rollout exercises prefill, decode, finished rows leaving and observation appends.
@@ -58,12 +60,12 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def bench_rollout(model, tok, batch, steps, new_tokens, device):
+def bench_rollout(model, tok, batch, steps, new_tokens, device, engine="auto", graphs=True):
     make = lambda: BenchEnv(steps)  # noqa: E731
     _sync(device)
     t0 = time.perf_counter()
     trajs = rollout(model, tok, make, list(range(batch)), 1, temperature=1.0, max_action_tokens=new_tokens,
-                    seed=0, device=device)
+                    seed=0, device=device, engine=engine, cuda_graphs=graphs)
     _sync(device)
     dt = time.perf_counter() - t0
     return dict(tokens=sum(len(t.logp) for t in trajs), steps=sum(t.num_steps for t in trajs), episodes=batch, s=dt)
@@ -107,13 +109,20 @@ def main():
           f"rollout prompt {len(format_prompt(tok, env.system_prompt, env.reset(0)))} tokens, "
           f"{args.steps} steps x up to {args.new_tokens} action tokens; generate: 128-token prompt, "
           f"{args.new_tokens} new tokens")
-    bench_rollout(model, tok, 2, 1, 4, device)  # warm-up (allocator, kernels)
+    ours = [("rollout, static engine" + (" + CUDA graphs" if cuda else ""), "static", True),
+            ("rollout, HF forward + cache", "hf", False)]
+    if cuda:
+        ours.insert(1, ("rollout, static engine, no graphs", "static", False))
+    for b in batches:  # warm-up: allocator, kernels, and the CUDA graphs of every bucket this batch will use
+        for _, engine, graphs in ours:
+            bench_rollout(model, tok, b, args.steps, args.new_tokens, device, engine, graphs)
 
     print("\n| method | batch | episodes | generated tokens | seconds | tokens/s | env steps/s |")
     print("|---|---|---|---|---|---|---|")
     for b in batches:
-        rows = [("rollout (ours)", bench_rollout(model, tok, b, args.steps, args.new_tokens, device)),
-                ("generate, batched", bench_generate(model, tok, prompt, b, args.new_tokens, device, False))]
+        rows = [(name, bench_rollout(model, tok, b, args.steps, args.new_tokens, device, engine, graphs))
+                for name, engine, graphs in ours]
+        rows.append(("generate, batched", bench_generate(model, tok, prompt, b, args.new_tokens, device, False)))
         serial = min(b, args.serial_cap)
         rows.append((f"generate, one at a time ({serial} timed)",
                      bench_generate(model, tok, prompt, serial, args.new_tokens, device, True)))

@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from envs.base import Env, wrap_action
 from model import (build_default_model, build_tokenizer, encode_action, format_observation, format_prompt,
                    load_model, save_model, token_logprobs)
-import rollout as rollout_module
-from rollout import _closes_action, _closing_tokens, _compact, _forward, _left_pad, pack, rollout
+import kvcache
+from kvcache import _compact, _forward, _left_pad
+from rollout import _closes_action, _vocab_tables, pack, rollout
+
+ENGINES = ["static", "hf"]  # engine.py's static cache + functional forward, kvcache.py's HF forward
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -116,21 +119,24 @@ def _check_logp_and_steps(trajs, model, tok, atol=1e-4):
     return batch
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("model_name,always_compact", [("random_model", False), ("trained", False), ("trained", True)])
-def test_recorded_logp_equals_fresh_forward(request, monkeypatch, tok, model_name, always_compact):
+def test_recorded_logp_equals_fresh_forward(request, monkeypatch, tok, model_name, always_compact, engine):
     model = request.getfixturevalue(model_name)
-    if always_compact:  # gather the cache after every turn, holes or not
-        monkeypatch.setattr(rollout_module, "_compact", functools.partial(rollout_module._compact, slack=0.0))
-    trajs = rollout(model, tok, SayNumberEnv, [0, 1, 2, 3, 6], 2, temperature=1.0, max_action_tokens=8, seed=1)
+    if always_compact:  # HF cache: gather the cache after every turn, holes or not (the static engine always does)
+        monkeypatch.setattr(kvcache, "_compact", functools.partial(kvcache._compact, slack=0.0))
+    trajs = rollout(model, tok, SayNumberEnv, [0, 1, 2, 3, 6], 2, temperature=1.0, max_action_tokens=8, seed=1,
+                    engine=engine)
     batch = _check_logp_and_steps(trajs, model, tok)
     assert [t.num_steps for t in trajs] == [1 + s % 4 for s in [0, 1, 2, 3, 6] for _ in range(2)]
     assert all(max(t.step_lengths) <= 8 for t in trajs)
     torch.testing.assert_close(batch.outcome, torch.tensor([sum(t.step_rewards) for t in trajs]))
 
 
-def test_trained_model_plays_and_groups_are_contiguous(tok, trained):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_trained_model_plays_and_groups_are_contiguous(tok, trained, engine):
     seeds, g = [5, 2, 7], 3
-    trajs = rollout(trained, tok, SayNumberEnv, seeds, g, temperature=0.0, max_action_tokens=12)
+    trajs = rollout(trained, tok, SayNumberEnv, seeds, g, temperature=0.0, max_action_tokens=12, engine=engine)
     assert [t.group_id for t in trajs] == [i // g for i in range(len(seeds) * g)]
     assert [t.task_seed for t in trajs] == [s for s in seeds for _ in range(g)]
     batch = pack(trajs, pad_id=tok.pad_token_id)
@@ -141,11 +147,12 @@ def test_trained_model_plays_and_groups_are_contiguous(tok, trained):
     assert np.mean([v for t in trajs for v in t.step_valid]) > 0.8
 
 
-def test_batched_greedy_equals_one_by_one(tok, trained):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_batched_greedy_equals_one_by_one(tok, trained, engine):
     seeds = [0, 1, 2, 3, 5]
-    together = rollout(trained, tok, SayNumberEnv, seeds, 2, temperature=0.0, max_action_tokens=10)
+    together = rollout(trained, tok, SayNumberEnv, seeds, 2, temperature=0.0, max_action_tokens=10, engine=engine)
     for i, s in enumerate(seeds):
-        alone = rollout(trained, tok, SayNumberEnv, [s], 1, temperature=0.0, max_action_tokens=10)[0]
+        alone = rollout(trained, tok, SayNumberEnv, [s], 1, temperature=0.0, max_action_tokens=10, engine=engine)[0]
         for t in together[2 * i:2 * i + 2]:
             assert t.rows == alone.rows and t.actions == alone.actions and t.step_rewards == alone.step_rewards
             np.testing.assert_allclose(t.logp, alone.logp, atol=1e-4)
@@ -159,12 +166,13 @@ def test_sampling_is_seeded_and_top_p_to_zero_is_greedy(tok, random_model):
     assert [t.rows for t in run(top_p=1e-6, seed=9)] == [t.rows for t in greedy]
 
 
-@settings(deadline=None, max_examples=6)
-@given(max_context=st.integers(40, 70), history=st.sampled_from([None, 1, 2]), seed=st.integers(0, 100))
-def test_history_window_keeps_every_action_token_once(tok, random_model, max_context, history, seed):
+@settings(deadline=None, max_examples=8)
+@given(max_context=st.integers(40, 70), history=st.sampled_from([None, 1, 2]), seed=st.integers(0, 100),
+       engine=st.sampled_from(ENGINES))
+def test_history_window_keeps_every_action_token_once(tok, random_model, max_context, history, seed, engine):
     seeds = [3, 7, 2]
     trajs = rollout(random_model, tok, SayNumberEnv, seeds, 2, max_action_tokens=6, max_context=max_context,
-                    max_history_steps=history, seed=seed)
+                    max_history_steps=history, seed=seed, engine=engine)
     batch = _check_logp_and_steps(trajs, random_model, tok)
     prompt_len = [len(format_prompt(tok, SayNumberEnv.system_prompt, t.observations[0])) for t in trajs]
     for t, p in zip(trajs, prompt_len):
@@ -220,25 +228,28 @@ def test_compacting_holes_keeps_the_logits(tok, random_model):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("chat_template", [False, True])
-def test_rollout_with_a_loaded_model(tmp_path, tok, trained, chat_template):
+def test_rollout_with_a_loaded_model(tmp_path, tok, trained, chat_template, engine):
     save_model(trained, tok, str(tmp_path))
     model, loaded_tok = load_model(str(tmp_path), "cpu", torch.float32)
     if chat_template:
         loaded_tok.chat_template = CHATML
-    trajs = rollout(model, loaded_tok, SayNumberEnv, [1, 3], 2, max_action_tokens=8, seed=0)
+    trajs = rollout(model, loaded_tok, SayNumberEnv, [1, 3], 2, max_action_tokens=8, seed=0, engine=engine)
     _check_logp_and_steps(trajs, model, loaded_tok)
     assert ("<|im_start|>user" in loaded_tok.decode(trajs[0].rows[0])) == chat_template
 
 
 def test_action_end_tag_is_found_in_one_token_or_several(tok):
-    closes = _closing_tokens(tok, len(tok) + 3, "cpu")  # a model vocabulary wider than the tokenizer's
+    stop, closes = _vocab_tables(tok, len(tok) + 3, [tok.eos_token_id], "cpu")  # a vocabulary wider than the tokenizer's
     one = tok.encode("<action>up</action>", add_special_tokens=False)
     spelled = sum((tok.encode(p, add_special_tokens=False) for p in ["<action>up", "< /", "ACTION", " >"]), [])
+    assert stop[one[-1]] and not closes[one[-1]]  # the tag token stops a row on the device, no host check
+    assert closes[spelled[-1]] and not stop[spelled[-1]] and _closes_action(tok, spelled[-16:])
     for ids in (one, spelled):
-        assert closes[ids[-1]] and _closes_action(tok, ids[-16:])
-        assert not _closes_action(tok, ids[:-1])
-    assert not closes[-3:].any() and not closes[tok.encode("up", add_special_tokens=False)].any()
+        assert _closes_action(tok, ids[-16:]) and not _closes_action(tok, ids[:-1])
+    assert stop[tok.eos_token_id] and not stop[tok.encode("up", add_special_tokens=False)].any()
+    assert not (closes[-3:].any() or stop[-3:].any()) and not closes[tok.encode("up", add_special_tokens=False)].any()
 
 
 def test_rollout_rejects_bad_arguments(tok, random_model):
@@ -250,13 +261,16 @@ def test_rollout_rejects_bad_arguments(tok, random_model):
         rollout(random_model, tok, SayNumberEnv, [0], 1, max_action_tokens=64, max_context=64)
     with pytest.raises(ValueError, match="top_p"):
         rollout(random_model, tok, SayNumberEnv, [0], 1, top_p=0.0)
+    with pytest.raises(ValueError, match="engine"):
+        rollout(random_model, tok, SayNumberEnv, [0], 1, engine="vllm")
 
 
-def test_smoke_with_sokoban(tok, random_model):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_smoke_with_sokoban(tok, random_model, engine):
     """The real Sokoban env (15 steps, multi-line boards) through the same engine, with a 2-step window."""
     sokoban = pytest.importorskip("envs.sokoban")
     trajs = rollout(random_model, tok, sokoban.SokobanEnv, [0, 1], 2, max_action_tokens=6, max_history_steps=2,
-                    seed=0)
+                    seed=0, engine=engine)
     _check_logp_and_steps(trajs, random_model, tok)
     assert all(1 <= t.num_steps <= 15 and len(t.observations) == t.num_steps + 1 for t in trajs)
     assert all(len(t.rows) == max(1, t.num_steps - 2) for t in trajs)
