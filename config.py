@@ -71,6 +71,7 @@ class Config:
     kernels: str = knob("auto", "auto = Triton on CUDA, torch reference elsewhere | triton | reference", "kernels", ["auto", "triton", "reference"])
     # --- run and logging ------------------------------------------------------------------
     iterations: int = knob(100, "RL iterations (one rollout batch + PRM step + policy update each)", "logging")
+    max_env_steps: int = knob(0, "stop after the iteration that reaches this many training env steps (equal budgets across algorithms); 0 = off", "logging")
     seed: int = knob(0, "seed of everything (task seeds, sampling, init)", "logging")
     run_name: str = knob("", "run folder name under out_dir; empty = <env>-<algo>[-istar]-s<seed>", "logging")
     out_dir: str = knob("runs", "where run folders go", "logging")
@@ -150,7 +151,7 @@ def validate(cfg: Config) -> None:
     for name in ["beta", "lr", "prm_lr", "clip_eps", "grad_clip", "prm_grad_clip"]:
         if not getattr(cfg, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(cfg, name)}")
-    for name in ["step_adv_coef", "entropy_coef", "kl_coef", "warmstart_random_frac", "eval_every", "save_every", "max_steps", "warmstart_episodes", "history_steps"]:
+    for name in ["step_adv_coef", "entropy_coef", "kl_coef", "warmstart_random_frac", "eval_every", "save_every", "max_steps", "max_env_steps", "warmstart_episodes", "history_steps"]:
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
     if not 0 <= cfg.warmstart_random_frac <= 1:

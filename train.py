@@ -276,14 +276,19 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         row = {"iteration": it, "env_steps": env_steps, **env_metrics(episodes), **stats,
                "perf/tokens_per_s": gen_tokens / max(t_roll, 1e-9), "perf/rollout_s": t_roll, "perf/iter_s": time.time() - t0}
         # TRY NOT TO MODIFY: evaluation, logging, checkpoints
-        if cfg.eval_every and it % cfg.eval_every == 0 or it == cfg.iterations:
+        last = it == cfg.iterations or 0 < cfg.max_env_steps <= env_steps  # env_steps is global: all ranks agree
+        if cfg.eval_every and it % cfg.eval_every == 0 or last:
             with autocast(cfg, device):
                 row.update(evaluate(policy, tokenizer, make, cfg, device))
         if main:
             log_metrics(run_dir, row, writer)
         bar.set_postfix(success=f"{row['env/success']:.2f}", ret=f"{row['env/return']:.2f}", prm_acc=f"{row.get('prm/acc', row.get('prm/ce_acc')) or float('nan'):.2f}")
-        if it % cfg.save_every == 0 or it == cfg.iterations:
+        if it % cfg.save_every == 0 or last:
             save_checkpoint(run_dir, it, policy, prm, policy_opt, prm_opt, rngs, env_steps)
+        if last:
+            if it < cfg.iterations and main:
+                print(f"stopping after iteration {it}: {env_steps} env steps reached --max-env-steps {cfg.max_env_steps}")
+            break
     for name, model in (("policy", policy), ("prm", prm)):
         state = distributed.model_state(model)  # full weights (a collective under FSDP)
         if main and not cfg.fsdp:

@@ -95,3 +95,11 @@ def test_plot_and_show(tmp_path):
     steps = replay_episode(tmp_path / "viz", cfg)
     assert steps and all(math.isfinite(s["implicit_reward"]) for s in steps)
     assert (tmp_path / "viz" / "replay.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_env_step_budget_stops_the_run_with_a_final_evaluation(tmp_path):
+    summary = train(tiny(tmp_path, run_name="budget", iterations=5, max_env_steps=1, eval_every=0, save_every=10))
+    got = rows(tmp_path / "budget")
+    assert [r["iteration"] for r in got] == [0, 1]  # the first iteration already passes 1 env step
+    assert "eval/success_greedy" in got[-1] and summary["after"]["iteration"] == 1
+    assert torch.load(tmp_path / "budget" / "checkpoint.pt", weights_only=False)["iteration"] == 1

@@ -1,0 +1,159 @@
+"""Run a grid of train.py runs (variants × seeds) in parallel, then tabulate and plot them.
+
+The comparison the paper makes (paper.md "Results", its Figure of success vs steps): iStar vs its
+base algorithms on identical rollout budgets, several seeds each. Every run of a sweep gets the
+same train.py arguments except ``--algo``, ``--istar/--no-istar`` and ``--seed``, so the rollout
+budgets (tasks × group size per iteration) are equal; pass ``-- --max-env-steps K`` to stop every
+run at the same number of environment steps (episodes of different lengths make iterations differ
+in steps), and the table also compares runs at the smallest number of steps any of them took.
+
+    python sweep.py --env sokoban --variants rloo+istar,grpo,rloo --seeds 0,1,2 --parallel 9 -- --max-env-steps 100000
+    python sweep.py --summarise runs/sweep-sokoban        # table + plot of finished runs again
+
+Variants are ``ALGO`` (the base algorithm alone, ``--no-istar``) or ``ALGO+istar``. Runs are
+subprocesses (``--parallel`` at a time, on one GPU they share it; each gets
+``OMP_NUM_THREADS = cores / parallel``), logging to ``<out>/<variant>-s<seed>.log``. The
+summary (``<out>/results.md``, ``<out>/curves.png``) has per variant, mean ± std over seeds:
+  * final eval success (greedy and sampled), the last evaluation of each run;
+  * training success at the budget B = the fewest environment steps any run of the sweep took
+    (each run's curve interpolated at B), and averaged over its last 10% of iterations;
+  * environment steps until the training success (a running mean over ``--window`` iterations)
+    first reaches ``--threshold``, over the runs that reached it ("k/n reached").
+
+Deviations from the paper: none in the method; the paper reports one run per configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from plot import plot_runs, read_run
+
+ALGOS = ("rloo", "grpo", "reinforce++")
+
+
+def variant_args(variant: str) -> list[str]:
+    """``rloo+istar`` -> ['--algo', 'rloo', '--istar']; ``grpo`` -> ['--algo', 'grpo', '--no-istar']."""
+    plug = variant.endswith("+istar")
+    algo = variant[:-len("+istar")] if plug else variant
+    if algo not in ALGOS:
+        raise ValueError(f"sweep --variants: {variant!r} is not ALGO or ALGO+istar with ALGO in {', '.join(ALGOS)}")
+    return ["--algo", algo, "--istar" if plug else "--no-istar"]
+
+
+def launch(env: str, variants: list[str], seeds: list[int], out: Path, extra: list[str], parallel: int) -> list[Path]:
+    """Run every (variant, seed) with train.py, ``parallel`` at a time; the run folders, in grid order."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(f"{v}-s{s}", ["--env", env, *variant_args(v), "--seed", str(s), *extra]) for v in variants for s in seeds]
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    envvars = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    pending, running, failed = list(jobs), [], []
+    t0 = time.time()
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, args = pending.pop(0)
+            cmd = [sys.executable, str(Path(__file__).with_name("train.py")), *args,
+                   "--out-dir", str(out), "--run-name", name]
+            log = open(out / f"{name}.log", "w")
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=envvars), log))
+            print(f"[{time.time() - t0:6.0f}s] started {name}: {' '.join(args)}", flush=True)
+        time.sleep(0.5)
+        for job in [j for j in running if j[1].poll() is not None]:
+            name, proc, log = job
+            log.close()
+            running.remove(job)
+            print(f"[{time.time() - t0:6.0f}s] {name} exited with {proc.returncode}", flush=True)
+            if proc.returncode:
+                failed.append(name)
+    if failed:
+        raise RuntimeError(f"sweep: runs {failed} failed; see their logs in {out}")
+    return [out / name for name, _ in jobs]
+
+
+def _reach(steps: np.ndarray, success: np.ndarray, threshold: float, window: int) -> float | None:
+    """Env steps at the first iteration whose running mean success (last ``window`` iterations) ≥ threshold."""
+    for i in range(len(success)):
+        if success[max(0, i - window + 1):i + 1].mean() >= threshold:
+            return float(steps[i])
+    return None
+
+
+def _ms(xs: list[float], fmt: str = "{:.3f}") -> str:
+    if not xs:
+        return "-"
+    return fmt.format(np.mean(xs)) + (" ± " + fmt.format(np.std(xs)) if len(xs) > 1 else "")
+
+
+def summarise(run_dirs: list[Path], threshold: float = 0.5, window: int = 5) -> str:
+    """The markdown table described in the module docstring."""
+    runs = {}
+    for d in run_dirs:
+        label, rows = read_run(d)
+        train_rows = [r for r in rows if r.get("iteration", 0) > 0 and "env/success" in r]
+        evals = [r for r in rows if "eval/success_greedy" in r]
+        if not train_rows:
+            raise ValueError(f"sweep: {d} has no training iterations in metrics.jsonl")
+        runs.setdefault(label, []).append(dict(
+            steps=np.array([r["env_steps"] for r in train_rows], dtype=float),
+            success=np.array([r["env/success"] for r in train_rows], dtype=float),
+            greedy=evals[-1]["eval/success_greedy"] if evals else None,
+            sampled=evals[-1].get("eval/success_sampled") if evals else None))
+    budget = min(r["steps"][-1] for rs in runs.values() for r in rs)
+    lines = [f"| variant | runs | final eval success, greedy | final eval success, sampled | training success at "
+             f"{budget:,.0f} env steps | training success, last 10% of iterations | env steps to {threshold:.0%} "
+             f"training success (running mean of {window}) |", "|---|---|---|---|---|---|---|"]
+    for label, rs in sorted(runs.items()):
+        at_budget = [float(np.interp(budget, r["steps"], r["success"])) for r in rs]
+        last = [float(r["success"][-max(1, len(r["success"]) // 10):].mean()) for r in rs]
+        reach = [x for x in (_reach(r["steps"], r["success"], threshold, window) for r in rs) if x is not None]
+        lines.append(f"| {label} | {len(rs)} | {_ms([r['greedy'] for r in rs if r['greedy'] is not None])} | "
+                     f"{_ms([r['sampled'] for r in rs if r['sampled'] is not None])} | {_ms(at_budget)} | {_ms(last)} | "
+                     f"{_ms(reach, '{:,.0f}')} ({len(reach)}/{len(rs)} reached) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                epilog="Arguments after -- go to every train.py run (e.g. -- --iterations 60 --preset tiny).")
+    p.add_argument("--env", default="sokoban", choices=["sokoban", "webshop", "sotopia"], help="environment of every run")
+    p.add_argument("--variants", default="rloo+istar,grpo,rloo", help="comma-separated ALGO or ALGO+istar")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each variant runs once per seed")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    p.add_argument("--out", default="", help="folder of the sweep's runs (default runs/sweep-<env>)")
+    p.add_argument("--threshold", type=float, default=0.5, help="training success level for 'env steps to reach'")
+    p.add_argument("--window", type=int, default=5, help="iterations in the running mean for 'env steps to reach'")
+    p.add_argument("--summarise", default="", metavar="DIR", help="only tabulate and plot the runs already in DIR")
+    args = p.parse_args(own)
+    if args.parallel < 1 or args.window < 1 or not 0 < args.threshold <= 1:
+        p.error("--parallel and --window must be >= 1, --threshold in (0, 1]")
+    if args.summarise:
+        out = Path(args.summarise)
+        dirs = sorted(d for d in out.iterdir() if (d / "metrics.jsonl").is_file()) if out.is_dir() else []
+        if not dirs:
+            p.error(f"--summarise {out}: no run folders with metrics.jsonl in it")
+    else:
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        for v in variants:
+            variant_args(v)  # fail before any run starts
+        seeds = [int(s) for s in args.seeds.split(",")]
+        out = Path(args.out or f"runs/sweep-{args.env}")
+        dirs = launch(args.env, variants, seeds, out, extra, args.parallel)
+    table = summarise(dirs, args.threshold, args.window)
+    (out / "results.md").write_text(table)
+    png = plot_runs([str(d) for d in dirs], out / "curves.png")
+    print(f"\n{table}\nwrote {out / 'results.md'} and {png}")
+    (out / "sweep.json").write_text(json.dumps({"runs": [str(d) for d in dirs], "train_args": extra}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
