@@ -12,7 +12,7 @@ the same model with
     the write column a device tensor, so a step is one graph replay.
 
 It implements the same interface as kvcache.py's ``HFCache`` (``begin``, ``add``, ``feed``, ``step``,
-``hide``, ``keep``), so rollout.py drives either without knowing which. The hole semantics are those
+``hide``, ``keep``, ``end``), so rollout.py drives either without knowing which. The hole semantics are those
 of kvcache.py: all rows append at one shared column ``c``; a row with nothing to write there writes a
 hole (mask 0), position ids count real tokens only, keys are cached after RoPE so ``keep`` can move
 them (it drops rows and right-aligns each row's real columns, once per env step).
@@ -45,6 +45,7 @@ from kvcache import _left_pad
 
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> Engine, reused across rollouts
 _COL_BUCKET = 256  # graph column buckets (multiples of this)
+_KEEP_BYTES = 2 << 30  # cache buffers up to this size stay allocated between rollouts (end())
 
 
 def _round_up(x: int, m: int) -> int:
@@ -170,6 +171,14 @@ class Engine:
         if need > self.C_cap:
             self._alloc(self.B_cap, _round_up(max(need, self.C_cap * 3 // 2), _COL_BUCKET))
 
+    def end(self) -> None:
+        """After a rollout: keep the buffers (and their CUDA graphs) for the next one when they are small
+        (≤ ``_KEEP_BYTES``: the default model's case), else free them for the update that follows."""
+        size = sum(t.numel() * t.element_size() for t in self.K + self.V)
+        if size > _KEEP_BYTES:
+            self.K, self.V, self.B_cap, self.C_cap = [], [], 0, 0
+            self._graphs.clear()
+
     def add(self, n: int) -> None:
         """Append ``n`` empty rows (new episodes, or windowed rows) after the live ones."""
         if self.B + n > self.B_cap:
@@ -223,11 +232,12 @@ class Engine:
             qs = a.q_proj(h).view(Bq, q, self.H, self.D).transpose(1, 2)  # (Bb, H, q, D)
             ks = a.k_proj(h).view(Bq, q, self.Hkv, self.D).transpose(1, 2)  # (Bb, Hkv, q, D)
             vs = a.v_proj(h).view(Bq, q, self.Hkv, self.D).transpose(1, 2)  # (Bb, Hkv, q, D)
-            qs, ks = _rotate(qs, cos.to(qs.dtype), sin.to(qs.dtype)), _rotate(ks, cos.to(ks.dtype), sin.to(ks.dtype))
-            write(self.K[i], ks.to(self.dtype))
+            # RoPE in the residual stream's dtype, as HF does (fp32 under autocast with fp32 weights)
+            qs, ks = _rotate(qs, cos.to(x.dtype), sin.to(x.dtype)), _rotate(ks, cos.to(x.dtype), sin.to(x.dtype))
+            write(self.K[i], ks.to(self.dtype))  # the cache dtype is what SDPA computes in (autocast's)
             write(self.V[i], vs.to(self.dtype))
             o = F.scaled_dot_product_attention(
-                qs, self.K[i][:Bb, :, :Cb].to(qs.dtype), self.V[i][:Bb, :, :Cb].to(qs.dtype), attn_mask=allowed,
+                qs.to(self.dtype), self.K[i][:Bb, :, :Cb], self.V[i][:Bb, :, :Cb], attn_mask=allowed,
                 scale=self.scale, enable_gqa=self.Hkv != self.H)  # (Bb, H, q, D)
             x = x + a.o_proj(o.transpose(1, 2).reshape(Bq, q, self.H * self.D))
             h = _rms(x, layer.post_attention_layernorm.weight, self.eps)

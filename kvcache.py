@@ -157,7 +157,7 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 
 
 class HFCache:
-    """rollout.py's cache interface (``begin``, ``add``, ``feed``, ``step``, ``hide``, ``keep``; the same as
+    """rollout.py's cache interface (``begin``, ``add``, ``feed``, ``step``, ``hide``, ``keep``, ``end``; the same as
     engine.py's ``Engine``) over the functions above: any full-attention Hugging Face causal LM.
 
     Rows are kept in rollout order; ``add(n)`` appends n new rows, which the next ``feed`` prefills in
@@ -203,3 +203,6 @@ class HFCache:
         """Keep rows ``idx`` (in that order); compact the cache once holes waste 25% of it."""
         self.kv = _compact(_select(self.kv, idx))
         self.B = len(idx)
+
+    def end(self) -> None:
+        self.kv = None

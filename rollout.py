@@ -7,7 +7,7 @@ inside groups); groups are contiguous in the output, in ``task_seeds`` order.
 This file holds ``Trajectory``, ``rollout`` and the episode bookkeeping (action ends, env steps,
 history windows). The decode cache is either engine.py's ``Engine`` (static buffers, a functional
 Llama-family forward, CUDA graphs) or kvcache.py's ``HFCache`` (the model's own forward, any HF
-causal LM); both offer ``begin``/``add``/``feed``/``step``/``hide``/``keep`` and kvcache.py explains
+causal LM); both offer ``begin``/``add``/``feed``/``step``/``hide``/``keep``/``end`` and kvcache.py explains
 why holes are correct. Tokens come from sampler.py. Packing trajectories into tensors (``Batch``,
 ``pack``) lives in batch.py and is re-exported here, so ``from rollout import Batch, Trajectory,
 pack, rollout`` works.
@@ -193,8 +193,11 @@ def rollout(model, tokenizer, make_env: Callable[[], Env], task_seeds: list[int]
     try:
         with torch.no_grad():
             cache = make_cache(model, engine, cuda_graphs, pad_id)
-            _run(cache, tokenizer, episodes, keys, stop_ids, budget, max_history_steps, max_action_tokens,
-                 temperature, top_p, device, sync_every)
+            try:
+                _run(cache, tokenizer, episodes, keys, stop_ids, budget, max_history_steps, max_action_tokens,
+                     temperature, top_p, device, sync_every)
+            finally:
+                cache.end()
     finally:
         model.train(was_training)
     return [e.traj for e in episodes]

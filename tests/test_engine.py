@@ -163,3 +163,37 @@ def test_tokens_after_a_spelled_out_tag_become_holes(sync_every):
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
     finally:
         VOCAB = vocab0
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_under_bf16_autocast_the_engine_matches_hf(name):
+    """The GPU training path runs rollouts under bf16 autocast with fp32 weights: the engine keeps a
+    bf16 cache and must round where HF rounds (CPU autocast exercises the same dtype rules)."""
+    model = MODELS[name]
+    chunks = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    outs = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for cache in (Engine.build(model, graphs=False), HFCache(model, pad_id=0)):
+            cache.begin(3)
+            cache.add(3)
+            first = cache.feed(chunks)
+            nxt = cache.step(torch.tensor([1, 2, 3]), torch.tensor([True, False, True]))
+            outs.append((first, nxt[[0, 2]]))
+        assert Engine.build(model).K[0].dtype == torch.bfloat16
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+def test_large_caches_are_freed_after_a_rollout(monkeypatch):
+    import engine as engine_module
+    from rollout import rollout
+    from envs.sokoban import SokobanEnv
+    from model import build_default_model
+    tok = build_tokenizer(["<action>up</action> # _ P X O"], vocab_size=300)
+    model = build_default_model(tok, "tiny", seed=0)
+    eng = Engine.build(model)
+    rollout(model, tok, SokobanEnv, [0], 1, max_action_tokens=4, seed=0)
+    assert eng.K and eng.B_cap >= 1  # small: kept for the next rollout
+    monkeypatch.setattr(engine_module, "_KEEP_BYTES", 0)
+    again = rollout(model, tok, SokobanEnv, [0], 1, max_action_tokens=4, seed=0)
+    assert eng.K == [] and again[0].num_steps >= 1
