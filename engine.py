@@ -283,7 +283,7 @@ class Engine:
         B, c = self.B, self.c
         self._ensure_cols(c + 1)
         self.c = c + 1
-        if self.graphs_ok and self.device.type == "cuda":
+        if self.graphs_ok and graphs_available(self.device):
             out = self._replay(tok, live, B, c)
             if out is not None:
                 return out
@@ -319,21 +319,14 @@ class Engine:
         args = (s["tok"][:Bb], s["live"][:Bb], s["col"], Bb, Cb)
         saved = (self.next_pos.clone(), self.col_mask.clone())
 
-        def restore():
+        def restore():  # a step's side effects on the row state (its K/V column is rewritten by the real step)
             self.next_pos.copy_(saved[0])
             self.col_mask.copy_(saved[1])
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capture (allocator, lazy inits)
-            for _ in range(2):
-                self._step(*args)
-                restore()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()  # own memory pool: graphs replay in any order, not their capture order
-        on = torch.is_autocast_enabled("cuda")
-        with torch.cuda.graph(graph), \
-                torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=on, cache_enabled=False):
-            logits = self._step(*args)
+
+        def warmup():
+            self._step(*args)
+            restore()
+        graph, logits = capture_graph(lambda: self._step(*args), warmup)
         restore()
         want = self._step(*args)  # eager, then the graph on the same state: both write the same column
         restore()
@@ -344,3 +337,25 @@ class Engine:
             self.graphs_ok, self.graphs_failed = False, True
             return None
         return graph, logits
+
+
+def graphs_available(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def capture_graph(fn, warmup):
+    """Capture ``fn()`` (static shapes, no host sync) in a CUDA graph after two ``warmup()`` calls on a
+    side stream; returns (graph, fn's outputs, rewritten by every ``graph.replay()``). The only CUDA-only
+    function of the engine (tests replace it and ``graphs_available`` to run the bookkeeping on the CPU)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture (allocator, lazy inits)
+        for _ in range(2):
+            warmup()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()  # own memory pool: graphs replay in any order, not their capture order
+    on = torch.is_autocast_enabled("cuda")
+    with torch.cuda.graph(graph), \
+            torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=on, cache_enabled=False):
+        out = fn()
+    return graph, out

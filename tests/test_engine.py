@@ -6,6 +6,7 @@ sequences of ragged feeds, steps with holes, hidden tokens and dropped/reordered
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -197,3 +198,82 @@ def test_large_caches_are_freed_after_a_rollout(monkeypatch):
     monkeypatch.setattr(engine_module, "_KEEP_BYTES", 0)
     again = rollout(model, tok, SokobanEnv, [0], 1, max_action_tokens=4, seed=0)
     assert eng.K == [] and again[0].num_steps >= 1
+
+
+class _EagerGraph:
+    """Stands in for a CUDA graph on the CPU: ``replay`` re-runs the captured function into the same output."""
+
+    def __init__(self, fn, corrupt=False):
+        self.fn, self.corrupt = fn, corrupt
+        self.out = fn()  # a real capture does not run fn: the engine must undo this call's side effects
+
+    def replay(self):
+        self.out.copy_(self.fn() + (1.0 if self.corrupt else 0.0))
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    import engine as engine_module
+    captured = []
+
+    def capture(fn, warmup, corrupt=False):
+        warmup()
+        graph = _EagerGraph(fn, corrupt)
+        captured.append(graph)
+        return graph, graph.out
+    monkeypatch.setattr(engine_module, "graphs_available", lambda device: True)
+    monkeypatch.setattr(engine_module, "capture_graph", capture)
+    return monkeypatch, engine_module, captured
+
+
+def _saynumber_rollouts(model, tok, **kw):
+    from test_rollout import SayNumberEnv
+    from rollout import rollout
+    return rollout(model, tok, SayNumberEnv, [0, 1, 2, 3, 5], 2, max_action_tokens=7, seed=3, **kw)
+
+
+@pytest.fixture(scope="module")
+def saynumber():
+    from test_rollout import SayNumberEnv
+    from envs.base import wrap_action
+    from model import build_default_model
+    env, texts = SayNumberEnv(), [SayNumberEnv.system_prompt]
+    for s in range(20):
+        texts += [env.reset(s), wrap_action(env.expert_action()), "Done.", "Now say 1, please."]
+    tok = build_tokenizer(texts, vocab_size=320)
+    return build_default_model(tok, "tiny", seed=0).eval(), tok
+
+
+def test_graph_bookkeeping_gives_the_eager_trajectories(fake_graphs, saynumber):
+    """Buckets (10 rows -> 16, columns -> multiples of 256), static inputs, and undoing the capture's
+    and the self-check's side effects: replayed steps must give exactly the eager rollout."""
+    _, engine_module, captured = fake_graphs
+    model, tok = saynumber
+    Engine.build(model)._graphs.clear()
+    eager = _saynumber_rollouts(model, tok, cuda_graphs=False)
+    graphs = _saynumber_rollouts(model, tok, cuda_graphs=True)
+    assert captured and not Engine.build(model).graphs_failed
+    assert [t.rows for t in graphs] == [t.rows for t in eager]
+    np.testing.assert_allclose([x for t in graphs for x in t.logp], [x for t in eager for x in t.logp], atol=1e-5)
+
+
+@pytest.mark.parametrize("failure", ["raises", "disagrees"])
+def test_a_bad_capture_falls_back_to_eager_with_a_warning(fake_graphs, saynumber, failure):
+    monkeypatch, engine_module, _ = fake_graphs
+    model, tok = saynumber
+    eager = _saynumber_rollouts(model, tok, cuda_graphs=False)
+
+    def bad(fn, warmup):
+        if failure == "raises":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        graph = _EagerGraph(fn, corrupt=True)
+        return graph, graph.out
+    monkeypatch.setattr(engine_module, "capture_graph", bad)
+    eng = Engine.build(model)
+    eng.graphs_failed = False
+    eng._graphs.clear()  # graphs captured by earlier tests for this model would be replayed, not captured
+    with pytest.warns(UserWarning, match="capture failed|disagrees"):
+        got = _saynumber_rollouts(model, tok, cuda_graphs=True)
+    assert Engine.build(model).graphs_failed
+    assert [t.rows for t in got] == [t.rows for t in eager]
+    Engine.build(model).graphs_failed = False
