@@ -33,6 +33,7 @@ class Config:
     warmstart_random_frac: float = knob(0.3, "fraction of demo actions replaced by random ones (keeps the start imperfect)", "model")
     warmstart_epochs: int = knob(3, "passes over the demonstrations", "model")
     warmstart_lr: float = knob(1e-3, "learning rate of the warm start", "model")
+    warmstart_cache: bool = knob(True, "reuse the warm start of a run with identical warm-start settings (<out_dir>/.warmstart/)", "model")
     # --- rollout --------------------------------------------------------------------------
     tasks_per_iter: int = knob(32, "N tasks (env seeds) per iteration (paper: Sokoban 32, WebShop 16)", "rollout")
     group_size: int = knob(8, "G rollouts per task, one group (paper: 8)", "rollout")

@@ -45,7 +45,7 @@ from envs import make_env
 from istar import NonFiniteError, istar_update
 from model import build_default_model, build_tokenizer, clone_model, load_model, save_model
 from rollout import Trajectory, pack, rollout
-from warmstart import EVAL_SEED_BASE, env_corpus, warm_start
+from warmstart import EVAL_SEED_BASE, cached_warm_start, env_corpus, warm_start
 
 
 
@@ -222,7 +222,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             print(f"resumed {run_dir} at iteration {start}")
     elif cfg.warmstart == "on" or (cfg.warmstart == "auto" and not cfg.model):
         if main:  # rank 0 warm-starts, then broadcasts (below): every rank starts RL from the same weights
-            ws = warm_start(policy, tokenizer, make, cfg, device)  # SFT on noisy expert demos
+            ws = (cached_warm_start if cfg.warmstart_cache else warm_start)(policy, tokenizer, make, cfg, device)  # SFT on noisy expert demos
             print(f"warm start: {ws}")
         distributed.broadcast_params(policy)
         prm.load_state_dict(policy.state_dict())  # the PRM starts from the warm-started policy too

@@ -10,10 +10,20 @@ format_observation / encode_action). The result succeeds sometimes but far from 
 10-40% on held-out tasks), which is the regime where group-relative RL and iStar's preference
 pairs have signal. Skipped automatically when --model loads a pretrained LM.
 
+Warm starts are cached (``cached_warm_start``, ``--warmstart-cache``): a run whose warm-start
+settings equal an earlier or concurrent run's loads that policy instead of training again, so the
+variants of one seed in a sweep start RL from the identical policy.
+
 Demonstration seeds come from their own range (≥ 2**31 + 2·10**6), disjoint from the training
 tasks (< 2**31) and the held-out evaluation tasks (2**31 … 2**31 + eval_tasks).
 """
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -104,3 +114,67 @@ def warm_start(policy, tokenizer, make, cfg, device) -> dict:
             opt.step()
             losses.append(loss.item())
     return {"demo_success": float(np.mean(wins)), "episodes": len(rows), "final_loss": float(np.mean(losses[-10:]))}
+
+
+# -- cache: runs with the same warm-start settings (e.g. the variants of one seed in a sweep) share one --
+WARMSTART_KEYS = ("env", "max_steps", "model", "model_size", "vocab_size", "max_context", "seed", "warmstart_episodes",
+                  "warmstart_random_frac", "warmstart_epochs", "warmstart_lr")
+
+
+def cache_dir(cfg) -> Path:
+    """``<out_dir>/.warmstart/<hash of every setting that shapes the warm start>``."""
+    spec = json.dumps({k: getattr(cfg, k) for k in WARMSTART_KEYS}, sort_keys=True)
+    return Path(cfg.out_dir) / ".warmstart" / hashlib.sha1(spec.encode()).hexdigest()[:16]
+
+
+def _vocab_hash(tokenizer) -> str:
+    return hashlib.sha1(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+
+
+def _take_lock(lock: Path) -> bool:
+    """Create ``lock`` holding our pid; False while another live process holds it (a dead holder's lock is taken over)."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)  # the holder is alive: wait for it
+            return False
+        except (ProcessLookupError, ValueError):
+            lock.unlink(missing_ok=True)  # its holder died without finishing
+            return _take_lock(lock)
+        except (FileNotFoundError, PermissionError):
+            return False  # released meanwhile, or held by another user's live process
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def cached_warm_start(policy, tokenizer, make, cfg, device, poll_s: float = 2.0) -> dict:
+    """``warm_start``, computed once per settings (``cache_dir``) and loaded by every later or concurrent run
+    with the same settings, so those runs start RL from the identical policy. The weights are written
+    atomically; a cache made with another tokenizer vocabulary is not used."""
+    path = cache_dir(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    weights, info_file, lock = path / "policy.pt", path / "info.json", path / "lock"
+    while True:
+        if weights.is_file() and info_file.is_file():
+            info = json.loads(info_file.read_text())
+            if info.get("vocab") == _vocab_hash(tokenizer):
+                policy.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+                return {**info["stats"], "cached": str(path)}
+            return warm_start(policy, tokenizer, make, cfg, device)  # another vocabulary: train, do not cache
+        if _take_lock(lock):
+            break
+        time.sleep(poll_s)
+    try:
+        stats = warm_start(policy, tokenizer, make, cfg, device)
+        tmp = weights.with_suffix(".tmp")
+        torch.save({k: v.detach().cpu() for k, v in policy.state_dict().items()}, tmp)
+        os.replace(tmp, weights)
+        tmp = info_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stats": stats, "vocab": _vocab_hash(tokenizer),
+                                   "settings": {k: getattr(cfg, k) for k in WARMSTART_KEYS}}))
+        os.replace(tmp, info_file)
+    finally:
+        lock.unlink(missing_ok=True)
+    return stats

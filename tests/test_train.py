@@ -103,3 +103,25 @@ def test_env_step_budget_stops_the_run_with_a_final_evaluation(tmp_path):
     assert [r["iteration"] for r in got] == [0, 1]  # the first iteration already passes 1 env step
     assert "eval/success_greedy" in got[-1] and summary["after"]["iteration"] == 1
     assert torch.load(tmp_path / "budget" / "checkpoint.pt", weights_only=False)["iteration"] == 1
+
+
+def test_warm_start_is_cached_and_shared(tmp_path, capsys):
+    a = train(tiny(tmp_path, run_name="a", iterations=1, eval_every=0))
+    caches = list((tmp_path / ".warmstart").iterdir())
+    assert len(caches) == 1 and (caches[0] / "policy.pt").is_file() and not (caches[0] / "lock").exists()
+    capsys.readouterr()
+    b = train(tiny(tmp_path, run_name="b", iterations=1, eval_every=0, algo="grpo", istar=False))  # same warm start
+    assert "'cached'" in capsys.readouterr().out
+    assert a["before"] == b["before"]  # the same policy before RL
+    train(tiny(tmp_path, run_name="c", iterations=1, eval_every=0, seed=1))  # another seed: its own warm start
+    assert len(list((tmp_path / ".warmstart").iterdir())) == 2
+
+
+def test_warm_start_lock(tmp_path):
+    from warmstart import _take_lock
+    lock = tmp_path / "lock"
+    assert _take_lock(lock) and lock.read_text() == str(os.getpid())
+    assert not _take_lock(lock)  # held by a live process (us): wait
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())  # a holder that died without finishing
+    assert _take_lock(lock) and lock.read_text() == str(os.getpid())
