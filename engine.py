@@ -17,10 +17,11 @@ of kvcache.py: all rows append at one shared column ``c``; a row with nothing to
 hole (mask 0), position ids count real tokens only, keys are cached after RoPE so ``keep`` can move
 them (it drops rows and right-aligns each row's real columns, once per env step).
 
-Support is decided by a check, not a list: ``Engine.build`` runs the functional forward beside the
-HF forward on a small ragged batch and declines (returns None) when the model is not a plain
-full-attention Llama-family decoder (Llama, Qwen2, Mistral without sliding window, ...) or the
-logits differ. Captured graphs are checked against the eager step once; on any failure the engine
+Support is decided by a check, not a list: ``Engine.build`` declines (returns None) a model whose
+decoder is not a plain full-attention Llama-family one (Llama, Qwen2, Mistral without sliding
+window, ...; no q/k norms, no logit soft-cap, no RoPE that changes with the sequence length), and
+then runs the functional forward beside the HF forward on a small ragged batch and declines when
+the logits differ. Captured graphs are checked against the eager step once; on any failure the engine
 warns and decodes eagerly.
 
 Shapes: B live rows, Bb graph batch bucket, C columns in use, Cb column bucket, q chunk width,
@@ -99,7 +100,7 @@ class Engine:
             plain = (getattr(cfg, "sliding_window", None) is None or not getattr(cfg, "use_sliding_window", True)) \
                 and hasattr(dec, "rotary_emb") and hasattr(layer.self_attn, "scaling") and hasattr(layer, "mlp") \
                 and not hasattr(layer.self_attn, "q_norm") and hasattr(layer.mlp, "gate_proj") \
-                and getattr(getattr(dec, "rotary_emb", None), "rope_type", "default") != "dynamic" \
+                and getattr(getattr(dec, "rotary_emb", None), "rope_type", "default") not in ("dynamic", "longrope") \
                 and not getattr(cfg, "final_logit_softcapping", None)
         except (AttributeError, IndexError):
             plain = False
