@@ -17,7 +17,7 @@ of kvcache.py: all rows append at one shared column ``c``; a row with nothing to
 hole (mask 0), position ids count real tokens only, keys are cached after RoPE so ``keep`` can move
 them (it drops rows and right-aligns each row's real columns, once per env step).
 
-Support is decided by a check, not a list: ``Engine.build`` declines (returns None) a model whose
+Support is decided by checks, not by a list of model names: ``Engine.build`` declines (returns None) a model whose
 decoder is not a plain full-attention Llama-family one (Llama, Qwen2, Mistral without sliding
 window, ...; no q/k norms, no logit soft-cap, no RoPE that changes with the sequence length), and
 then runs the functional forward beside the HF forward on a small ragged batch and declines when
