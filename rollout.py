@@ -132,6 +132,37 @@ class _Episode:
                           f"an action within max_context; the row is kept whole")
         self.row_mask, self.row_steps, self.pending = [False] * len(self.row), j, list(self.row)
 
+    def after_action(self, a_ids: list[int], ctx: list[int], budget: int, max_history_steps: int | None) -> bool:
+        """The action ``a_ids`` is in the row and the episode goes on with context ``ctx`` (the next
+        observation's turn): append ``ctx``, or start a windowed row (the module docstring's rule).
+        True when a new row started (its whole context is pending), False when ``ctx`` was appended."""
+        self.history.append((a_ids, ctx))
+        too_long = len(self.row) + len(ctx) > budget
+        if too_long or (max_history_steps is not None and self.row_steps + 1 > max_history_steps):
+            self.start_window_row(budget, max_history_steps)
+            return True
+        self.row += ctx
+        self.row_mask += [False] * len(ctx)
+        self.row_steps += 1
+        self.pending = ctx  # the action is already in the cache
+        return False
+
+
+def window_rows(prompt: list[int], steps: list[tuple[list[int], list[int] | None]], max_context: int,
+                max_action_tokens: int, max_history_steps: int | None) -> tuple[list[list[int]], list[list[bool]]]:
+    """The rows and action masks ``rollout`` builds for an episode whose steps are ``steps``: (action
+    ids, ids of the context that follows, None after the last action). The warm start uses it to train
+    on demonstrations in exactly the layout the policy later acts in."""
+    e = _Episode(None, Trajectory(0, 0), list(prompt))
+    for a_ids, ctx in steps:
+        e.row += a_ids
+        e.row_mask += [True] * len(a_ids)
+        if ctx is None:
+            break
+        e.after_action(a_ids, ctx, max_context - max_action_tokens, max_history_steps)
+    e.close_row()
+    return e.traj.rows, e.traj.action_masks
+
 
 def rollout(model, tokenizer, make_env: Callable[[], Env], task_seeds: list[int], group_size: int, *,
             temperature: float = 1.0, top_p: float = 1.0, max_action_tokens: int = 64, max_context: int | None = None,
@@ -256,16 +287,9 @@ def _run(cache, tokenizer, episodes, keys, stop_ids, budget, max_history_steps, 
             ctx = format_observation(tokenizer, obs)
             if a_ids and a_ids[-1] in stop_ids and ctx and ctx[0] == a_ids[-1]:
                 ctx = ctx[1:]  # the model already closed its turn with this token
-            e.history.append((a_ids, ctx))
-            too_long = len(e.row) + len(ctx) > budget
-            if too_long or (max_history_steps is not None and e.row_steps + 1 > max_history_steps):
-                e.start_window_row(budget, max_history_steps)
+            if e.after_action(a_ids, ctx, budget, max_history_steps):
                 fresh.append(e)
             else:
-                e.row += ctx
-                e.row_mask += [False] * len(ctx)
-                e.row_steps += 1
-                e.pending = ctx  # the whole action is already in the cache
                 keep.append(b)
         cache.keep(keep)
         cached = [rows[b] for b in keep]

@@ -10,7 +10,9 @@ in steps), and the table also compares runs at the smallest number of steps any 
     python sweep.py --env sokoban --variants rloo+istar,grpo,rloo --seeds 0,1,2 --parallel 9 -- --max-env-steps 100000
     python sweep.py --summarise runs/sweep-sokoban        # table + plot of finished runs again
 
-Variants are ``ALGO`` (the base algorithm alone, ``--no-istar``) or ``ALGO+istar``. Runs are
+Variants are ``ALGO`` (the base algorithm alone, ``--no-istar``) or ``ALGO+istar``. Running the
+same command again continues a sweep: finished runs are kept, interrupted ones resume from their
+last checkpoint; a run folder made with other settings stops the sweep (use another ``--out``). Runs are
 subprocesses (``--parallel`` at a time, on one GPU they share it; each gets
 ``OMP_NUM_THREADS = cores / parallel``), logging to ``<out>/<variant>-s<seed>.log``. The
 summary (``<out>/results.md``, ``<out>/curves.png``) has per variant, mean ± std over seeds:
@@ -25,8 +27,10 @@ Deviations from the paper: none in the method; the paper reports one run per con
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from config import parse_config
 from plot import plot_runs, read_run
 
 ALGOS = ("rloo", "grpo", "reinforce++")
@@ -48,10 +53,37 @@ def variant_args(variant: str) -> list[str]:
     return ["--algo", algo, "--istar" if plug else "--no-istar"]
 
 
+def job_args(run: Path, args: list[str]) -> list[str] | None:
+    """train.py arguments that bring ``run`` (made with ``args``) to its end: None when it has finished
+    (``summary.json``), ``--resume`` when it has a checkpoint, ``args`` otherwise (a folder without a
+    checkpoint is cleared first). A folder made with other settings is an error, never mixed in."""
+    saved = run / "config.json"
+    if not saved.is_file():
+        return args
+    want, have = dataclasses.asdict(parse_config(args)[0]), json.loads(saved.read_text())
+    diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
+    if diff:
+        raise ValueError(f"sweep: {run} holds a run with other settings ({'; '.join(diff)}); pass another --out")
+    if (run / "summary.json").is_file():
+        return None
+    if (run / "checkpoint.pt").is_file():
+        return ["--resume", str(run)]
+    shutil.rmtree(run)  # interrupted before its first checkpoint: start again
+    return args
+
+
 def launch(env: str, variants: list[str], seeds: list[int], out: Path, extra: list[str], parallel: int) -> list[Path]:
-    """Run every (variant, seed) with train.py, ``parallel`` at a time; the run folders, in grid order."""
+    """Run every (variant, seed) with train.py, ``parallel`` at a time; the run folders, in grid order.
+    Re-running a sweep skips its finished runs and resumes interrupted ones (``job_args``)."""
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(f"{v}-s{s}", ["--env", env, *variant_args(v), "--seed", str(s), *extra]) for v in variants for s in seeds]
+    grid = [(f"{v}-s{s}", ["--env", env, *variant_args(v), "--seed", str(s), *extra]) for v in variants for s in seeds]
+    jobs = []
+    for name, args in grid:
+        todo = job_args(out / name, [*args, "--out-dir", str(out), "--run-name", name])
+        if todo is None:
+            print(f"{name}: finished earlier, kept", flush=True)
+        else:
+            jobs.append((name, todo))
     threads = max(1, (os.cpu_count() or 1) // parallel)
     envvars = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     pending, running, failed = list(jobs), [], []
@@ -59,8 +91,7 @@ def launch(env: str, variants: list[str], seeds: list[int], out: Path, extra: li
     while pending or running:
         while pending and len(running) < parallel:
             name, args = pending.pop(0)
-            cmd = [sys.executable, str(Path(__file__).with_name("train.py")), *args,
-                   "--out-dir", str(out), "--run-name", name]
+            cmd = [sys.executable, str(Path(__file__).with_name("train.py")), *args]
             log = open(out / f"{name}.log", "w")
             running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=envvars), log))
             print(f"[{time.time() - t0:6.0f}s] started {name}: {' '.join(args)}", flush=True)
@@ -74,7 +105,7 @@ def launch(env: str, variants: list[str], seeds: list[int], out: Path, extra: li
                 failed.append(name)
     if failed:
         raise RuntimeError(f"sweep: runs {failed} failed; see their logs in {out}")
-    return [out / name for name, _ in jobs]
+    return [out / name for name, _ in grid]
 
 
 def _reach(steps: np.ndarray, success: np.ndarray, threshold: float, window: int) -> float | None:

@@ -201,6 +201,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         raise ValueError("--fsdp: expected a torchrun launch (torchrun --nproc_per_node=K train.py ... --fsdp)")
     main = distributed.is_main()
     run_dir = Path(resume) if resume else Path(cfg.out_dir) / (cfg.run_name or f"{cfg.env}-{cfg.algo}{'-istar' if cfg.istar else ''}-s{cfg.seed}")
+    if not resume and (run_dir / "metrics.jsonl").exists():  # a second run would append to the first one's metrics
+        raise SystemExit(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another "
+                         f"--run-name / --out-dir (or delete the folder)")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -222,7 +225,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             print(f"resumed {run_dir} at iteration {start}")
     elif cfg.warmstart == "on" or (cfg.warmstart == "auto" and not cfg.model):
         if main:  # rank 0 warm-starts, then broadcasts (below): every rank starts RL from the same weights
-            ws = (cached_warm_start if cfg.warmstart_cache else warm_start)(policy, tokenizer, make, cfg, device)  # SFT on noisy expert demos
+            ws = (cached_warm_start if cfg.warmstart_cache else warm_start)(policy, tokenizer, make, cfg, device, progress=True)  # SFT on noisy expert demos
             print(f"warm start: {ws}")
         distributed.broadcast_params(policy)
         prm.load_state_dict(policy.state_dict())  # the PRM starts from the warm-started policy too

@@ -5,8 +5,10 @@ a little (paper table 1: 14-21% success before RL). Our default model is built f
 knows nothing, so RL from it would only ever see failures and no preference pairs. We give it a
 short supervised warm start instead: the env's expert plays, each action replaced by a random one
 with probability `warmstart_random_frac`, and the model is trained with cross-entropy on those
-(noisy) actions, in exactly the chat layout the rollouts use (model.format_prompt /
-format_observation / encode_action). The result succeeds sometimes but far from always (target
+(noisy) actions, in exactly the layout the rollouts use: the chat format (model.format_prompt /
+format_observation / encode_action) and the same history windows (rollout.window_rows, e.g. the
+Sokoban preset's prompt + last 2 steps), so every demonstrated action is trained in the context
+the policy will act in. The result succeeds sometimes but far from always (target
 10-40% on held-out tasks), which is the regime where group-relative RL and iStar's preference
 pairs have signal. Skipped automatically when --model loads a pretrained LM.
 
@@ -27,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from envs import wrap_action
 from model import encode_action, format_observation, format_prompt, token_logprobs
+from rollout import window_rows
 
 EVAL_SEED_BASE = 2**31  # held-out tasks: seeds >= 2**31; training tasks are drawn below 2**31
 DEMO_SEED_BASE = EVAL_SEED_BASE + 2 * 10**6  # demonstrations: their own range
@@ -58,38 +62,34 @@ def env_corpus(make, seeds, random_frac: float = 0.3) -> list[str]:
     return texts
 
 
-def demo_rows(tokenizer, system: str, first: str, turns, max_context: int) -> tuple[list[int], list[bool]]:
-    """Token ids and action mask of one demonstration, in the rollout's layout, cut at max_context."""
-    ids = format_prompt(tokenizer, system, first)
-    mask = [False] * len(ids)
-    for i, (action, obs) in enumerate(turns):
-        act = encode_action(tokenizer, action)
-        if len(ids) + len(act) > max_context:
-            break
-        ids += act
-        mask += [True] * len(act)
-        if i + 1 < len(turns):  # the observation after the last action is never part of the context
-            nxt = format_observation(tokenizer, obs)
-            if len(ids) + len(nxt) > max_context:
-                break
-            ids += nxt
-            mask += [False] * len(nxt)
-    return ids, mask
+def demo_rows(tokenizer, system: str, first: str, turns, max_context: int, max_action_tokens: int,
+              max_history_steps: int | None) -> list[tuple[list[int], list[bool]]]:
+    """Rows (token ids, action mask) of one demonstration, windowed exactly as ``rollout`` windows an
+    episode (rollout.window_rows): the policy is trained in the contexts it will act in."""
+    steps = [(encode_action(tokenizer, action), format_observation(tokenizer, obs) if i + 1 < len(turns) else None)
+             for i, (action, obs) in enumerate(turns)]  # the observation after the last action is never context
+    rows, masks = window_rows(format_prompt(tokenizer, system, first), steps, max_context, max_action_tokens,
+                              max_history_steps)
+    return list(zip(rows, masks))
 
 
-def warm_start(policy, tokenizer, make, cfg, device) -> dict:
-    """SFT on `warmstart_episodes` noisy-expert episodes; returns the demos' success rate and the loss."""
+def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False) -> dict:
+    """SFT on `warmstart_episodes` noisy-expert episodes; returns the demos' success rate and the loss.
+    `progress` shows a tqdm bar over the optimiser steps."""
     env, rng = make(), np.random.default_rng(cfg.seed)
     rows, wins = [], []
     for k in range(cfg.warmstart_episodes):
         first, turns, won = play_noisy_expert(env, DEMO_SEED_BASE + k, cfg.warmstart_random_frac, rng)
-        rows.append(demo_rows(tokenizer, env.system_prompt, first, turns, cfg.max_context))
+        rows += demo_rows(tokenizer, env.system_prompt, first, turns, cfg.max_context, cfg.max_action_tokens,
+                          cfg.history_steps or None)
         wins.append(won)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.warmstart_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     policy.train()
     losses = []
     batch_size = 16
+    bar = tqdm(total=cfg.warmstart_epochs * -(-len(rows) // batch_size), desc="warm start", dynamic_ncols=True,
+               disable=not progress, leave=False)
     for _ in range(cfg.warmstart_epochs):
         order = torch.randperm(len(rows), generator=gen).tolist()
         for lo in range(0, len(order), batch_size):
@@ -113,11 +113,15 @@ def warm_start(policy, tokenizer, make, cfg, device) -> dict:
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
             losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
     return {"demo_success": float(np.mean(wins)), "episodes": len(rows), "final_loss": float(np.mean(losses[-10:]))}
 
 
 # -- cache: runs with the same warm-start settings (e.g. the variants of one seed in a sweep) share one --
-WARMSTART_KEYS = ("env", "max_steps", "model", "model_size", "vocab_size", "max_context", "seed", "warmstart_episodes",
+WARMSTART_KEYS = ("env", "max_steps", "model", "model_size", "vocab_size", "max_context", "max_action_tokens",
+                  "history_steps", "seed", "warmstart_episodes",
                   "warmstart_random_frac", "warmstart_epochs", "warmstart_lr")
 
 
@@ -149,7 +153,7 @@ def _take_lock(lock: Path) -> bool:
     return True
 
 
-def cached_warm_start(policy, tokenizer, make, cfg, device, poll_s: float = 2.0) -> dict:
+def cached_warm_start(policy, tokenizer, make, cfg, device, progress: bool = False, poll_s: float = 2.0) -> dict:
     """``warm_start``, computed once per settings (``cache_dir``) and loaded by every later or concurrent run
     with the same settings, so those runs start RL from the identical policy. The weights are written
     atomically; a cache made with another tokenizer vocabulary is not used."""
@@ -162,12 +166,12 @@ def cached_warm_start(policy, tokenizer, make, cfg, device, poll_s: float = 2.0)
             if info.get("vocab") == _vocab_hash(tokenizer):
                 policy.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
                 return {**info["stats"], "cached": str(path)}
-            return warm_start(policy, tokenizer, make, cfg, device)  # another vocabulary: train, do not cache
+            return warm_start(policy, tokenizer, make, cfg, device, progress)  # another vocabulary: train, do not cache
         if _take_lock(lock):
             break
         time.sleep(poll_s)
     try:
-        stats = warm_start(policy, tokenizer, make, cfg, device)
+        stats = warm_start(policy, tokenizer, make, cfg, device, progress)
         tmp = weights.with_suffix(".tmp")
         torch.save({k: v.detach().cpu() for k, v in policy.state_dict().items()}, tmp)
         os.replace(tmp, weights)

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from envs.base import Env, wrap_action
 from model import (build_default_model, build_tokenizer, encode_action, format_observation, format_prompt,
-                   load_model, save_model, token_logprobs)
+                   load_model, save_model, stop_token_ids, token_logprobs)
 import kvcache
 from kvcache import _compact, _forward, _left_pad
-from rollout import _closes_action, _vocab_tables, pack, rollout
+from rollout import _closes_action, _vocab_tables, pack, rollout, window_rows
 
 ENGINES = ["static", "hf"]  # engine.py's static cache + functional forward, kvcache.py's HF forward
 
@@ -184,6 +184,18 @@ def test_history_window_keeps_every_action_token_once(tok, random_model, max_con
         assert all(len(row) <= max(max_context, longest) for row in t.rows)
         if history is not None:  # a row holds at most `history` past steps, so each later step opens a row
             assert len(t.rows) >= max(1, t.num_steps - history)
+        # window_rows (the warm start's layout) rebuilds the same rows from the actions and observations
+        ends = np.cumsum(t.step_lengths).tolist()
+        acts = [generated[e - n:e] for e, n in zip(ends, t.step_lengths)]
+        stops = stop_token_ids(tok, random_model)
+        steps = []
+        for i, a in enumerate(acts):
+            ctx = format_observation(tok, t.observations[i + 1]) if i + 1 < t.num_steps else None
+            if ctx and a and a[-1] in stops and ctx[0] == a[-1]:
+                ctx = ctx[1:]
+            steps.append((a, ctx))
+        prompt = format_prompt(tok, SayNumberEnv.system_prompt, t.observations[0])
+        assert window_rows(prompt, steps, max_context, 6, history) == (t.rows, t.action_masks)
     assert (batch.row_traj.bincount() >= 1).all() and batch.row_cu[-1] == batch.input_ids.shape[0]
 
 

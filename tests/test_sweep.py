@@ -1,6 +1,7 @@
 """sweep.py: the variant grammar, the summary table's numbers, and a real 2-run sweep on CPU."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep import summarise, variant_args
+from config import parse_config
+from sweep import job_args, summarise, variant_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,3 +61,21 @@ def test_a_real_sweep_runs_and_writes_its_table(tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
     assert json.loads((out / "rloo+istar-s0" / "config.json").read_text())["istar"] is True
     assert json.loads((out / "grpo-s0" / "config.json").read_text())["istar"] is False
+
+
+def test_rerunning_a_sweep_keeps_finished_runs_and_resumes_interrupted_ones(tmp_path):
+    args = ["--env", "sokoban", "--algo", "grpo", "--no-istar", "--seed", "1", "--preset", "tiny"]
+    run = tmp_path / "grpo-s1"
+    assert job_args(run, args) == args  # never started
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(parse_config(args)[0]), indent=1))
+    (run / "metrics.jsonl").write_text("{}\n")
+    assert job_args(run, args) == args and not run.exists()  # stopped before a checkpoint: cleared, started again
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(parse_config(args)[0]), indent=1))
+    (run / "checkpoint.pt").write_bytes(b"")
+    assert job_args(run, args) == ["--resume", str(run)]
+    (run / "summary.json").write_text("{}")
+    assert job_args(run, args) is None  # finished
+    with pytest.raises(ValueError, match=r"other settings \(lr: 1e-05 -> 0.001\)"):
+        job_args(run, [*args, "--lr", "1e-3"])

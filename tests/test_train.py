@@ -125,3 +125,11 @@ def test_warm_start_lock(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.write_text(dead.stdout.strip())  # a holder that died without finishing
     assert _take_lock(lock) and lock.read_text() == str(os.getpid())
+
+
+def test_a_finished_or_running_folder_is_not_overwritten(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "metrics.jsonl").write_text('{"iteration": 0}\n')
+    with pytest.raises(SystemExit, match="--resume"):
+        train(tiny(tmp_path, run_name="x"))
+    assert (tmp_path / "x" / "metrics.jsonl").read_text() == '{"iteration": 0}\n'
