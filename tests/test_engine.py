@@ -277,3 +277,25 @@ def test_a_bad_capture_falls_back_to_eager_with_a_warning(fake_graphs, saynumber
     assert Engine.build(model).graphs_failed
     assert [t.rows for t in got] == [t.rows for t in eager]
     Engine.build(model).graphs_failed = False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="real CUDA graph capture needs a GPU (the CPU tests use a stand-in)")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_real_cuda_graphs_give_the_eager_trajectories(saynumber, bf16):
+    import copy
+    import warnings
+    model, tok = saynumber
+    model = copy.deepcopy(model).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        eager = _saynumber_rollouts(model, tok, cuda_graphs=False, device="cuda")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a failed or disagreeing capture warns: fail instead
+            graphs = _saynumber_rollouts(model, tok, cuda_graphs=True, device="cuda")
+        hf = _saynumber_rollouts(model, tok, engine="hf", device="cuda")
+    eng = Engine.build(model)
+    assert eng._graphs and not eng.graphs_failed
+    assert [t.rows for t in graphs] == [t.rows for t in eager]
+    np.testing.assert_allclose([x for t in graphs for x in t.logp], [x for t in eager for x in t.logp], atol=1e-5)
+    if not bf16:  # the HF forward rounds differently under bf16; in fp32 it must agree
+        assert [t.rows for t in hf] == [t.rows for t in eager]
+        np.testing.assert_allclose([x for t in hf for x in t.logp], [x for t in eager for x in t.logp], atol=1e-4)
