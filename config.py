@@ -64,7 +64,8 @@ class Config:
     ratio_level: str = knob("token", "PPO ratio per token (verl, default) | per step (paper Eq. 6)", "policy", ["token", "step"])
     ppo_epochs: int = knob(1, "passes over each batch (paper: 1)", "policy")
     minibatches: int = knob(4, "optimiser steps per epoch (the batch is split by trajectory)", "policy")
-    micro_batch: int = knob(64, "trajectories per forward/backward (gradient accumulation; memory only)", "policy")
+    micro_batch: int = knob(64, "most trajectories per forward/backward (gradient accumulation; memory only)", "policy")
+    micro_batch_tokens: int = knob(32768, "most padded row tokens (rows x longest row) per forward/backward; a longer trajectory goes alone (memory only)", "policy")
     entropy_coef: float = knob(0.001, "entropy bonus (released code: 0.001)", "policy")
     kl_coef: float = knob(0.0, "KL penalty to the policy this process started from (after warm start or resume), k3 (paper: none)", "policy")
     grad_clip: float = knob(1.0, "policy gradient-norm clip", "policy")
@@ -145,7 +146,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namesp
 
 def validate(cfg: Config) -> None:
     """Fail before any work starts, naming the field and what was expected."""
-    positive = ["tasks_per_iter", "group_size", "max_action_tokens", "max_context", "iterations", "ppo_epochs", "minibatches", "micro_batch", "vocab_size"]
+    positive = ["tasks_per_iter", "group_size", "max_action_tokens", "max_context", "iterations", "ppo_epochs", "minibatches", "micro_batch", "micro_batch_tokens", "vocab_size"]
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(cfg, name)}")

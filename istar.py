@@ -63,9 +63,24 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
         raise NonFiniteError(f"{name} has NaN/inf values ({(~torch.isfinite(x)).sum().item()} of {x.numel()}); update stopped")
 
 
-def _chunks(indices: torch.Tensor, size: int):
-    for lo in range(0, indices.numel(), size):
-        yield indices[lo : lo + size]
+def _chunks(batch, indices: torch.Tensor, cfg) -> list[torch.Tensor]:
+    """Consecutive runs of the trajectories ``indices`` (whole trajectories), each one forward/backward:
+    at most ``cfg.micro_batch`` trajectories and ``cfg.micro_batch_tokens`` padded row tokens (rows ×
+    longest row, what a forward allocates), and at least one trajectory. Memory only: the gradient
+    and the statistics do not depend on the split."""
+    row_len = batch.attention_mask.sum(1).tolist()  # (R,) real tokens of each row
+    row_cu = batch.row_cu.tolist()  # (N+1,)
+    chunks, cur, rows, width = [], [], 0, 0
+    for i in indices.tolist():
+        r, w = row_cu[i + 1] - row_cu[i], max(row_len[row_cu[i]:row_cu[i + 1]], default=0)
+        if cur and (len(cur) == cfg.micro_batch or (rows + r) * max(width, w) > cfg.micro_batch_tokens):
+            chunks.append(torch.tensor(cur, dtype=torch.long))
+            cur, rows, width = [], 0, 0
+        cur.append(i)
+        rows, width = rows + r, max(width, w)
+    if cur:
+        chunks.append(torch.tensor(cur, dtype=torch.long))
+    return chunks
 
 
 def _token_index(batch, traj_idx: torch.Tensor) -> torch.Tensor:
@@ -81,17 +96,17 @@ def _logprobs(model, batch, with_entropy=False):
     return token_logprobs(model, batch.input_ids, batch.attention_mask, batch.action_mask, with_entropy=with_entropy)
 
 
-def _padded_chunks(indices: torch.Tensor, size: int, model):
+def _padded_chunks(batch, indices: torch.Tensor, cfg, model):
     """``_chunks``, then (FSDP only) padding chunks ``None`` until every rank runs as many as the busiest."""
-    chunks = list(_chunks(indices, size))
+    chunks = _chunks(batch, indices, cfg)
     return chunks + [None] * (distributed.pad_count(len(chunks), model) - len(chunks))
 
 
 @torch.no_grad()
-def recompute_old_logp(policy, batch, micro_batch: int) -> torch.Tensor:
+def recompute_old_logp(policy, batch, cfg) -> torch.Tensor:
     """log π_θold of every action token (T,): the policy that sampled the batch, before its update."""
     with distributed.gathered(policy):
-        parts = [_logprobs(policy, batch.select(idx)) for idx in _chunks(torch.arange(batch.num_traj), micro_batch)]
+        parts = [_logprobs(policy, batch.select(idx)) for idx in _chunks(batch, torch.arange(batch.num_traj), cfg)]
     return torch.cat(parts).float()  # (T,)
 
 
@@ -118,7 +133,7 @@ def score_with_prm(prm, batch, old_logp, cfg) -> torch.Tensor:
     """No-grad PRM forward over the whole batch: the implicit rewards (S,) or (T,) for token granularity."""
     rewards = []
     with torch.no_grad(), distributed.gathered(prm):
-        for idx in _chunks(torch.arange(batch.num_traj), cfg.micro_batch):
+        for idx in _chunks(batch, torch.arange(batch.num_traj), cfg):
             part = batch.select(idx)
             r, _ = _prm_rewards(_logprobs(prm, part).float(), old_logp[_token_index(batch, idx)], part, cfg)
             rewards.append(r)
@@ -144,7 +159,7 @@ def update_prm(prm, prm_opt, batch, old_logp, cfg) -> tuple[torch.Tensor, dict]:
         loss.backward()
         grad_q = q_leaf.grad  # (N,) ∂L/∂Q
         used = grad_q.nonzero(as_tuple=True)[0]  # trajectories in a pair
-        for idx in _padded_chunks(used, cfg.micro_batch, prm):
+        for idx in _padded_chunks(batch, used, cfg, prm):
             weight = 1.0 if idx is not None else 0.0  # a padding chunk (FSDP lockstep) adds no gradient
             idx = idx if idx is not None else torch.zeros(1, dtype=torch.long)
             part = batch.select(idx)
@@ -270,7 +285,7 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
             opt.zero_grad(set_to_none=True)
             mb_units = int(traj_units[mb].sum())  # the token- (step-) mean spans the global minibatch
             local = mb[(mb >= lo) & (mb < lo + batch.num_traj)] - lo  # this rank's trajectories of it
-            for idx in _padded_chunks(local, cfg.micro_batch, policy):
+            for idx in _padded_chunks(batch, local, cfg, policy):
                 weight = 1.0 if idx is not None else 0.0  # a padding chunk (FSDP lockstep) adds no gradient
                 idx = idx if idx is not None else torch.zeros(1, dtype=torch.long)
                 part, tok = batch.select(idx), _token_index(batch, idx)
@@ -307,7 +322,7 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
 
 def istar_update(policy, prm, policy_opt, prm_opt, batch, cfg, ref_policy=None, generator=None) -> dict:
     """Stages 2-4 of one iteration, in the paper's order (Algorithm 1). iStar off = base algorithm."""
-    old_logp = recompute_old_logp(policy, batch, cfg.micro_batch)  # (T,)
+    old_logp = recompute_old_logp(policy, batch, cfg)  # (T,)
     stats: dict = {}
     implicit_reward = None
     if cfg.istar:

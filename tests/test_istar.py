@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from config import Config
 from envs import make_env
-from istar import NonFiniteError, compute_advantages, istar_update, policy_loss, update_policy, update_prm
+from istar import NonFiniteError, _chunks, compute_advantages, istar_update, policy_loss, update_policy, update_prm
 from model import build_default_model, build_tokenizer, token_logprobs
 from prm import step_rewards, trajectory_scores
 from rollout import pack, rollout
@@ -46,10 +46,10 @@ def full_batch_prm_grad(prm, batch, old_logp, cfg):
     return {n: p.grad.clone() for n, p in prm.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("micro_batch", [1, 5, 64])
-def test_two_phase_prm_gradient_equals_the_full_batch_gradient(setup, micro_batch):
+@pytest.mark.parametrize("micro_batch,tokens", [(1, 32768), (5, 32768), (64, 32768), (64, 2000)])
+def test_two_phase_prm_gradient_equals_the_full_batch_gradient(setup, micro_batch, tokens):
     tok, policy, batch = setup
-    cfg = cfg_for(micro_batch=micro_batch)
+    cfg = cfg_for(micro_batch=micro_batch, micro_batch_tokens=tokens)
     old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
     prm = copy.deepcopy(policy)
     with torch.no_grad():  # make the PRM differ from π_old so rewards are not all zero
@@ -195,7 +195,7 @@ def test_micro_batching_does_not_change_the_policy_gradient(setup, ratio_level):
     old = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
     adv = torch.randn(int(batch.step_cu[-1]), generator=torch.Generator().manual_seed(1))
     grads = []
-    for micro_batch in (1, 64):
+    for micro_batch, tokens in ((1, 32768), (64, 32768), (64, 2000)):
         model = copy.deepcopy(policy)
         captured = {}
 
@@ -203,10 +203,24 @@ def test_micro_batching_does_not_change_the_policy_gradient(setup, ratio_level):
             def step(self, closure=None):
                 captured.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
 
-        cfg = cfg_for(micro_batch=micro_batch, minibatches=1, ratio_level=ratio_level, entropy_coef=0.0, grad_clip=1e9)
+        cfg = cfg_for(micro_batch=micro_batch, micro_batch_tokens=tokens, minibatches=1, ratio_level=ratio_level,
+                      entropy_coef=0.0, grad_clip=1e9)
         stats = update_policy(model, Capture(model.parameters(), lr=0.0), batch, old, adv, cfg, generator=torch.Generator().manual_seed(0))
         grads.append((captured, stats))
-    (g1, s1), (g2, s2) = grads
-    for name in g2:
-        torch.testing.assert_close(g1[name], g2[name], atol=1e-6, rtol=1e-4)
-    assert abs(s1["policy/pg_loss"] - s2["policy/pg_loss"]) < 1e-5  # logged stats use the same weights
+    (g1, s1), *others = grads
+    for g2, s2 in others:
+        for name in g2:
+            torch.testing.assert_close(g1[name], g2[name], atol=1e-6, rtol=1e-4)
+        assert abs(s1["policy/pg_loss"] - s2["policy/pg_loss"]) < 1e-5  # logged stats use the same weights
+
+
+@settings(deadline=None, max_examples=40)
+@given(order=st.permutations(list(range(12))), micro_batch=st.integers(1, 13), tokens=st.integers(1, 5000))
+def test_micro_batches_hold_whole_trajectories_within_both_limits(setup, order, micro_batch, tokens):
+    _, _, batch = setup
+    cfg = cfg_for(micro_batch=micro_batch, micro_batch_tokens=tokens)
+    chunks = _chunks(batch, torch.tensor(order), cfg)
+    assert torch.cat(chunks).tolist() == order  # a partition, in order
+    for c in chunks:
+        assert 1 <= c.numel() <= micro_batch
+        assert c.numel() == 1 or batch.select(c).input_ids.numel() <= tokens  # (rows, longest row) of the forward
