@@ -65,7 +65,7 @@ class Config:
     ppo_epochs: int = knob(1, "passes over each batch (paper: 1)", "policy")
     minibatches: int = knob(4, "optimiser steps per epoch (the batch is split by trajectory)", "policy")
     micro_batch: int = knob(64, "most trajectories per forward/backward (gradient accumulation; memory only)", "policy")
-    micro_batch_tokens: int = knob(32768, "most padded row tokens (rows x longest row) per forward/backward; a longer trajectory goes alone (memory only)", "policy")
+    micro_batch_tokens: int = knob(32768, "most padded row tokens (rows x longest row) per forward/backward; a trajectory larger than this gets one of its own (memory only)", "policy")
     entropy_coef: float = knob(0.001, "entropy bonus (released code: 0.001)", "policy")
     kl_coef: float = knob(0.0, "KL penalty to the policy this process started from (after warm start or resume), k3 (paper: none)", "policy")
     grad_clip: float = knob(1.0, "policy gradient-norm clip", "policy")
