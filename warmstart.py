@@ -77,23 +77,23 @@ def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False) -> 
     """SFT on `warmstart_episodes` noisy-expert episodes; returns the demos' success rate and the loss.
     `progress` shows a tqdm bar over the optimiser steps."""
     env, rng = make(), np.random.default_rng(cfg.seed)
-    rows, wins = [], []
+    demos, wins = [], []  # demos[k]: the rows of episode k
     for k in range(cfg.warmstart_episodes):
         first, turns, won = play_noisy_expert(env, DEMO_SEED_BASE + k, cfg.warmstart_random_frac, rng)
-        rows += demo_rows(tokenizer, env.system_prompt, first, turns, cfg.max_context, cfg.max_action_tokens,
-                          cfg.history_steps or None)
+        demos.append(demo_rows(tokenizer, env.system_prompt, first, turns, cfg.max_context, cfg.max_action_tokens,
+                               cfg.history_steps or None))
         wins.append(won)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.warmstart_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     policy.train()
     losses = []
-    batch_size = 16
-    bar = tqdm(total=cfg.warmstart_epochs * -(-len(rows) // batch_size), desc="warm start", dynamic_ncols=True,
+    batch_size = 16  # episodes per optimiser step (all their rows): the loss is a mean over their action tokens
+    bar = tqdm(total=cfg.warmstart_epochs * -(-len(demos) // batch_size), desc="warm start", dynamic_ncols=True,
                disable=not progress, leave=False)
     for _ in range(cfg.warmstart_epochs):
-        order = torch.randperm(len(rows), generator=gen).tolist()
+        order = torch.randperm(len(demos), generator=gen).tolist()
         for lo in range(0, len(order), batch_size):
-            chunk = [rows[i] for i in order[lo : lo + batch_size]]
+            chunk = [row for i in order[lo : lo + batch_size] for row in demos[i]]
             width = max(len(ids) for ids, _ in chunk)
             input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)  # (R, L) right-padded
             attention_mask = torch.zeros(len(chunk), width, dtype=torch.long)  # (R, L)
@@ -102,7 +102,7 @@ def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False) -> 
                 input_ids[r, : len(ids)] = torch.tensor(ids)
                 attention_mask[r, : len(ids)] = 1
                 action_mask[r, : len(ids)] = torch.tensor(mask)
-            if not action_mask.any():  # every demo of the chunk was cut before its first action
+            if not action_mask.any():  # no action fits in max_context
                 continue
             logp = token_logprobs(policy, input_ids.to(device), attention_mask.to(device), action_mask.to(device))  # (T,)
             loss = -logp.mean()  # cross-entropy on the demonstrated action tokens only
@@ -116,7 +116,7 @@ def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False) -> 
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     bar.close()
-    return {"demo_success": float(np.mean(wins)), "episodes": len(rows), "final_loss": float(np.mean(losses[-10:]))}
+    return {"demo_success": float(np.mean(wins)), "episodes": len(demos), "final_loss": float(np.mean(losses[-10:]))}
 
 
 # -- cache: runs with the same warm-start settings (e.g. the variants of one seed in a sweep) share one --
