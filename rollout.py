@@ -148,6 +148,15 @@ class _Episode:
         return False
 
 
+def next_context(tokenizer, obs: str, a_ids: list[int], stop_ids: list[int]) -> list[int]:
+    """Context ids after the action ``a_ids``: the next observation's turn, without its first token
+    when the action already ended with that token (the model closed its turn itself)."""
+    ctx = format_observation(tokenizer, obs)
+    if a_ids and a_ids[-1] in stop_ids and ctx and ctx[0] == a_ids[-1]:
+        ctx = ctx[1:]
+    return ctx
+
+
 def window_rows(prompt: list[int], steps: list[tuple[list[int], list[int] | None]], max_context: int,
                 max_action_tokens: int, max_history_steps: int | None) -> tuple[list[list[int]], list[list[bool]]]:
     """The rows and action masks ``rollout`` builds for an episode whose steps are ``steps``: (action
@@ -284,9 +293,7 @@ def _run(cache, tokenizer, episodes, keys, stop_ids, budget, max_history_steps, 
             if done:
                 e.close_row()
                 continue
-            ctx = format_observation(tokenizer, obs)
-            if a_ids and a_ids[-1] in stop_ids and ctx and ctx[0] == a_ids[-1]:
-                ctx = ctx[1:]  # the model already closed its turn with this token
+            ctx = next_context(tokenizer, obs, a_ids, stop_ids)
             if e.after_action(a_ids, ctx, budget, max_history_steps):
                 fresh.append(e)
             else:

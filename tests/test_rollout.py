@@ -18,7 +18,7 @@ from model import (build_default_model, build_tokenizer, encode_action, format_o
                    load_model, save_model, stop_token_ids, token_logprobs)
 import kvcache
 from kvcache import _compact, _forward, _left_pad
-from rollout import _closes_action, _vocab_tables, pack, rollout, window_rows
+from rollout import _closes_action, _vocab_tables, next_context, pack, rollout, window_rows
 
 ENGINES = ["static", "hf"]  # engine.py's static cache + functional forward, kvcache.py's HF forward
 
@@ -188,12 +188,8 @@ def test_history_window_keeps_every_action_token_once(tok, random_model, max_con
         ends = np.cumsum(t.step_lengths).tolist()
         acts = [generated[e - n:e] for e, n in zip(ends, t.step_lengths)]
         stops = stop_token_ids(tok, random_model)
-        steps = []
-        for i, a in enumerate(acts):
-            ctx = format_observation(tok, t.observations[i + 1]) if i + 1 < t.num_steps else None
-            if ctx and a and a[-1] in stops and ctx[0] == a[-1]:
-                ctx = ctx[1:]
-            steps.append((a, ctx))
+        steps = [(a, next_context(tok, t.observations[i + 1], a, stops) if i + 1 < t.num_steps else None)
+                 for i, a in enumerate(acts)]
         prompt = format_prompt(tok, SayNumberEnv.system_prompt, t.observations[0])
         assert window_rows(prompt, steps, max_context, 6, history) == (t.rows, t.action_masks)
     assert (batch.row_traj.bincount() >= 1).all() and batch.row_cu[-1] == batch.input_ids.shape[0]
