@@ -29,9 +29,49 @@ choice, else $ISTAR_KERNELS ("triton" / "reference" / "auto"), else Triton iff t
 CUDA. On CPU the Triton path runs under Triton's interpreter when TRITON_INTERPRET=1 is set before
 triton is first imported (tests/conftest.py does so). Importing this package never touches a GPU.
 """
+import importlib.metadata
+from pathlib import Path
+
 from kernels._common import set_impl
 from kernels.segment_normalize import segment_normalize, segment_normalize_reference
 from kernels.step_logratio import step_logratio, step_logratio_reference
 
 __all__ = ["step_logratio", "step_logratio_reference", "segment_normalize",
            "segment_normalize_reference", "set_impl"]
+
+# -- Sharing the name with Hugging Face's `kernels` ------------------------------------------------
+# transformers >= 5.25 depends on Hugging Face's hub-kernels package, also named `kernels`, and
+# imports it (`from kernels import CUDAProperties, ...`) during `import transformers`. Run from
+# this repository, `kernels` is this package, so this package serves that import as well: the
+# installed package's folder joins __path__ (its submodules, kernels._internals.* and
+# kernels._rust, share no name with ours) and its top-level names are loaded on first access.
+# Without the installed package (older transformers) nothing here runs.
+
+
+def _hub_kernels_dir() -> Path | None:
+    try:
+        found = Path(importlib.metadata.distribution("kernels").locate_file("kernels"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    ours = Path(__file__).resolve().parent
+    return found if (found / "__init__.py").is_file() and found.resolve() != ours else None
+
+
+_HUB_DIR = _hub_kernels_dir()
+if _HUB_DIR is not None:
+    __path__.append(str(_HUB_DIR))
+_hub_names: dict | None = None
+
+
+def __getattr__(name: str):
+    """A name this package lacks: the installed hub-kernels package's, if there is one."""
+    global _hub_names
+    if _HUB_DIR is None or name.startswith("__"):
+        raise AttributeError(f"module 'kernels' (istar's Triton kernels) has no attribute {name!r}")
+    if _hub_names is None:
+        _hub_names = {"__name__": __name__, "__package__": __name__}
+        init = _HUB_DIR / "__init__.py"
+        exec(compile(init.read_text(), str(init), "exec"), _hub_names)  # its own imports resolve through __path__
+    if name not in _hub_names:
+        raise AttributeError(f"module 'kernels' (istar's Triton kernels, and {_HUB_DIR}) has no attribute {name!r}")
+    return _hub_names[name]

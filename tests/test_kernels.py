@@ -386,3 +386,21 @@ def test_dispatch_follows_argument_then_set_impl_then_env(monkeypatch):
     assert calls == ["reference", "triton", "reference", "triton"]
     with pytest.raises(ValueError, match="impl"):
         sl.step_logratio(*args, impl="cuda")
+
+
+def test_kernels_package_shares_its_name_with_hub_kernels():
+    """transformers >= 5.25 imports Hugging Face's hub-kernels package, also called `kernels`, during
+    `import transformers`; run from this repository that name is this package, which serves both."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.metadata as md, kernels, transformers.activations\n"
+            "from transformers import LlamaForCausalLM\n"
+            "assert kernels.step_logratio.__module__ == 'kernels.step_logratio'\n"
+            "try:\n    md.distribution('kernels')\nexcept md.PackageNotFoundError:\n    print('no hub kernels installed')\n"
+            "else:\n    print('hub kernels:', kernels.CUDAProperties.__module__)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        kernels.no_such_name
