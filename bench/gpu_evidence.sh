@@ -10,14 +10,16 @@
 #   env      env.txt        nvidia-smi, torch / triton / transformers versions
 #   kernels  kernels.md     bench/kernels.py: Triton vs eager vs torch.compile vs the copy-bandwidth floor
 #   rollout  rollout.md     python -m bench.rollout at batch 1, 64, 512 vs plain model.generate
-#   sweep    sweep.log, results.md, curves.png, metrics.tar.gz
+#   lrprobe  lr_probe.md    python -m bench.lr_probe: one update's KL per policy learning rate (PROBE_LRS)
+#                           on a batch of the Sokoban preset (32 tasks x 8)
+#   sweep    results.md, curves.png, metrics.tar.gz
 #                           sweep.py on Sokoban, VARIANTS x SEEDS in parallel, stopped gracefully
 #                           (sweep.py --deadline-min) STOP_MARGIN_S before the budget ends: learning
-#                           curves and the iStar vs GRPO vs RLOO table; metrics.tar.gz holds every
-#                           run's metrics.jsonl, config, summary and log, re-packed every 30 s so a
-#                           call cut short still brings back what ran
-#   tests    gpu_tests.log  the CUDA-only tests (real CUDA graphs vs eager, compiled Triton kernels
-#                           vs their references), run beside the sweep: they time nothing
+#                           curves and the iStar vs GRPO vs RLOO table; metrics.tar.gz holds the
+#                           sweep's log and every run's metrics.jsonl, config, summary and log,
+#                           re-packed every 30 s so a call cut short still brings back what ran
+#   tests    gpu_tests.log  GPU_TESTS: the CUDA-only tests (real CUDA graphs vs eager, compiled Triton
+#                           kernels vs their references), run beside the sweep: they time nothing
 # The two benchmarks run alone on the GPU (their numbers are timings); the sweep gets whatever time
 # they leave. A stage that fails or runs out of time is reported and the next one still runs; the
 # script's exit status is the number of failed stages.
@@ -26,7 +28,9 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-evidence}
 BUDGET_S=${BUDGET_S:-540}
 STOP_MARGIN_S=${STOP_MARGIN_S:-100}  # a run's iteration in flight + final evaluation + checkpoint, and the table
-STAGES=${STAGES:-env kernels rollout sweep tests}
+STAGES=${STAGES:-env kernels rollout lrprobe sweep tests}
+PROBE_LRS=${PROBE_LRS:-1e-4,3e-4,1e-3,3e-3}
+GPU_TESTS=${GPU_TESTS:-tests/test_engine.py tests/test_kernels.py}
 VARIANTS=${VARIANTS:-rloo+istar,grpo,rloo}
 SEEDS=${SEEDS:-0}
 TRAIN_ARGS=${TRAIN_ARGS:---eval-every 5 --eval-tasks 128}
@@ -78,20 +82,24 @@ export -f versions pack sweep  # so that timeout can run them (bash -c)
 stage env 30 env.txt bash -c versions
 stage kernels 120 kernels.md "$PY" bench/kernels.py
 stage rollout 150 rollout.md "$PY" -m bench.rollout --batches 1,64,512 --serial-cap 4
+stage lrprobe 120 lr_probe.md "$PY" -m bench.lr_probe --lrs "$PROBE_LRS" -- --env sokoban
 
 sweep_pid=
 if wanted sweep; then
     left=$((BUDGET_S - SECONDS))
     deadline_min=$("$PY" -c "print(round(max($left - $STOP_MARGIN_S, 30) / 60, 2))")
     echo "== sweep (deadline ${deadline_min} min, hard limit $((left - 5))s) $(date +%T), ${SECONDS}s into the budget"
-    timeout --signal=TERM --kill-after=10 "$((left - 5))" bash -c "sweep $deadline_min" >"$OUT/sweep.log" 2>&1 &
+    mkdir -p "$SWEEP_DIR"
+    timeout --signal=TERM --kill-after=10 "$((left - 5))" bash -c "sweep $deadline_min" >"$SWEEP_DIR/sweep.log" 2>&1 &
     sweep_pid=$!
 fi
-stage tests 150 gpu_tests.log "$PY" -m pytest tests/test_engine.py tests/test_kernels.py -q -p no:cacheprovider
+# shellcheck disable=SC2086  # GPU_TESTS is a list of test paths
+stage tests 150 gpu_tests.log "$PY" -m pytest $GPU_TESTS -q -p no:cacheprovider
 if [ -n "$sweep_pid" ]; then
     wait "$sweep_pid"
     rc=$?
-    tail -n 40 "$OUT/sweep.log"
+    pack
+    tail -n 40 "$SWEEP_DIR/sweep.log"
     echo "== sweep: exit $rc, ${SECONDS}s into the budget"
     [ "$rc" -eq 0 ] || failed=$((failed + 1))
 fi

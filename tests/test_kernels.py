@@ -234,7 +234,10 @@ def test_step_rewards_do_not_leak_across_step_boundaries(batch, impl, step):
     prm[batch.step_cu[s]:batch.step_cu[s + 1]] += 1.0                      # perturb step s only
     after = kernels.step_logratio(prm, batch.old_logp, batch.step_cu, BETA, impl=impl)
     others = torch.arange(batch.S, device=DEVICE) != s
-    torch.testing.assert_close(after[others], before[others], atol=0, rtol=0)
+    # exact, except the reference on CUDA: index_add accumulates there with atomics, in no fixed order,
+    # so two identical calls may differ in the last bit (seen on an H200: 7e-9 on a 40-token step)
+    exact = impl == "triton" or DEVICE == "cpu"
+    torch.testing.assert_close(after[others], before[others], atol=0 if exact else 1e-6, rtol=0 if exact else 1e-6)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
