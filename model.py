@@ -247,15 +247,23 @@ def _prefix_shared_forward(decoder, ids, am, pos, p: int) -> torch.Tensor | None
                    **{name: cache}).last_hidden_state  # (r, L-p, H)
 
 
+# Rows per forward in token_logprobs. On a CPU, compute-bound: small chunks bound the memory at no
+# cost. On a GPU the small default model is launch-bound: a chunk of 16 windowed Sokoban rows
+# (~6k tokens) is a few microseconds of arithmetic behind ~100 kernel launches, so chunks hold
+# more rows; the caller's micro-batch (--micro-batch-tokens) still bounds a chunk's memory.
+CHUNK_ROWS = {"cpu": 16, "cuda": 128}
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor,
-                   chunk_rows: int = 16, with_entropy: bool = False, share_prefix: bool = True):
+                   chunk_rows: int | None = None, with_entropy: bool = False, share_prefix: bool = True):
     """log π(y_p | y_<p) for every position p with ``action_mask[r, p]``, packed row-major: (T,).
 
     Position p is predicted by the hidden state at p-1, so ``action_mask[:, 0]`` must be False.
     Only the T gathered hidden states go through ``lm_head`` and the fp32 log-softmax: memory is
     O(chunk tokens · V), not O(R · L · V). Rows may be left- or right-padded: position ids come
-    from the attention mask. Rows run ``chunk_rows`` at a time, longest first, each chunk cut after
-    its last action token, so a chunk pads to its own longest row, not the batch's. Gradients flow. With ``with_entropy`` also returns the entropy
+    from the attention mask. Rows run ``chunk_rows`` at a time (default ``CHUNK_ROWS`` of the device),
+    longest first, each chunk cut after its last action token, so a chunk pads to its own longest row,
+    not the batch's. Gradients flow. With ``with_entropy`` also returns the entropy
     H = −Σ_v π_v log π_v of the same T next-token distributions (T,).
 
     With ``share_prefix`` the columns that every row of a chunk holds identically before its first
@@ -270,6 +278,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     action_mask = action_mask.bool()
     if action_mask[:, 0].any():
         raise ValueError("token_logprobs: action_mask[:, 0] must be False (the first token has no prediction)")
+    if chunk_rows is None:
+        chunk_rows = CHUNK_ROWS.get(input_ids.device.type, CHUNK_ROWS["cuda"])
     if chunk_rows < 1:
         raise ValueError(f"token_logprobs(chunk_rows={chunk_rows}): expected >= 1")
     decoder = model.get_decoder()
