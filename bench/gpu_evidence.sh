@@ -11,7 +11,7 @@
 #   kernels  kernels.md     bench/kernels.py: Triton vs eager vs torch.compile vs the copy-bandwidth floor
 #   rollout  rollout.md     python -m bench.rollout at batch 1, 64, 512 vs plain model.generate
 #   lrprobe  lr_probe.md    python -m bench.lr_probe: one update's KL per policy learning rate (PROBE_LRS)
-#                           on a batch of the Sokoban preset (32 tasks x 8)
+#                           on one Sokoban batch of 8 tasks x 8 (the probe's default)
 #   sweep    results.md, curves.png, metrics.tar.gz
 #                           sweep.py on Sokoban, VARIANTS x SEEDS in parallel, stopped gracefully
 #                           (sweep.py --deadline-min) STOP_MARGIN_S before the budget ends: learning
