@@ -9,7 +9,8 @@
 # elsewhere it defaults to runs/gpu-evidence):
 #   env      env.txt        nvidia-smi, torch / triton / transformers versions
 #   kernels  kernels.md     bench/kernels.py: Triton vs eager vs torch.compile vs the copy-bandwidth floor
-#   rollout  rollout.md     python -m bench.rollout at batch 1, 64, 512 vs plain model.generate
+#   rollout  rollout.md     python -m bench.rollout at batch 1, 64, 512 vs plain model.generate, and a
+#                           host profile of the batch-512 rollout (where the next speed-up is)
 #   lrprobe  lr_probe.md    python -m bench.lr_probe: one update's KL per policy learning rate (PROBE_LRS)
 #                           on one Sokoban batch of 8 tasks x 8 (the probe's default)
 #   sweep    results.md, curves.png, metrics.tar.gz
@@ -81,7 +82,7 @@ sweep() {  # sweep DEADLINE_MIN
 export -f versions pack sweep  # so that timeout can run them (bash -c)
 stage env 30 env.txt bash -c versions
 stage kernels 120 kernels.md "$PY" bench/kernels.py
-stage rollout 150 rollout.md "$PY" -m bench.rollout --batches 1,64,512 --serial-cap 4
+stage rollout 150 rollout.md "$PY" -m bench.rollout --batches 1,64,512 --serial-cap 4 --profile 30
 stage lrprobe 120 lr_probe.md "$PY" -m bench.lr_probe --lrs "$PROBE_LRS" -- --env sokoban
 
 sweep_pid=

@@ -13,10 +13,15 @@ Random weights rarely emit ``</action>``/EOS, so most actions run to ``max_actio
 the generated-token counts come from the trajectories, never assumed.
 
 Run: ``python -m bench.rollout`` (add ``--batches 1,8 --size tiny`` for a quick CPU look).
+``--profile N`` then prints where one more static-engine rollout at the largest batch spends its
+host time (cProfile, the N functions of largest cumulative time): on a GPU, time waiting for the
+device shows up at the host syncs (``.tolist()``), Python and launch costs everywhere else.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import time
 
 import numpy as np
@@ -91,6 +96,8 @@ def main():
     p.add_argument("--steps", type=int, default=2, help="env steps per rollout episode")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens per action / per generate call")
     p.add_argument("--serial-cap", type=int, default=16, help="episodes timed for one-at-a-time generate")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after the table, profile one static-engine rollout at the largest batch: top N functions")
     args = p.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -130,6 +137,12 @@ def main():
             steps = f"{r['steps'] / r['s']:.1f}" if name.startswith("rollout") else "-"
             rate = r["tokens"] / r["s"]
             print(f"| {name} | {b} | {r['episodes']} | {r['tokens']} | {r['s']:.2f} | {rate:.0f} | {steps} |")
+    if args.profile:
+        name, engine, graphs = ours[0]
+        print(f"\nprofile: {name}, batch {batches[-1]} (host time; cumulative, top {args.profile})")
+        prof = cProfile.Profile()
+        prof.runcall(bench_rollout, model, tok, batches[-1], args.steps, args.new_tokens, device, engine, graphs)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(args.profile)
 
 
 if __name__ == "__main__":
