@@ -397,8 +397,9 @@ def test_kernels_package_shares_its_name_with_hub_kernels():
     import subprocess
     import sys
 
-    code = ("import importlib.metadata as md, kernels, transformers.activations\n"
+    code = ("import importlib.metadata as md, transformers.activations\n"  # transformers first, as model.py
             "from transformers import LlamaForCausalLM\n"
+            "import kernels\n"
             "assert kernels.step_logratio.__module__ == 'kernels.step_logratio'\n"
             "try:\n    md.distribution('kernels')\nexcept md.PackageNotFoundError:\n    print('no hub kernels installed')\n"
             "else:\n    print('hub kernels:', kernels.CUDAProperties.__module__)\n")
