@@ -73,8 +73,7 @@ sweep() {  # sweep DEADLINE_MIN
     "$PY" sweep.py --env sokoban --variants "$VARIANTS" --seeds "$SEEDS" --parallel 9 --out "$SWEEP_DIR" \
         --deadline-min "$1" -- $TRAIN_ARGS
     local rc=$?
-    kill "$packer" 2>/dev/null
-    pack
+    kill "$packer" 2>/dev/null  # the caller packs once more, after the sweep's log is complete
     cp "$SWEEP_DIR/results.md" "$SWEEP_DIR/curves.png" "$OUT/" 2>/dev/null
     return $rc
 }
@@ -88,10 +87,12 @@ stage lrprobe 120 lr_probe.md "$PY" -m bench.lr_probe --lrs "$PROBE_LRS" -- --en
 sweep_pid=
 if wanted sweep; then
     left=$((BUDGET_S - SECONDS))
-    deadline_min=$("$PY" -c "print(round(max($left - $STOP_MARGIN_S, 30) / 60, 2))")
-    echo "== sweep (deadline ${deadline_min} min, hard limit $((left - 5))s) $(date +%T), ${SECONDS}s into the budget"
+    deadline_s=$((left - STOP_MARGIN_S > 30 ? left - STOP_MARGIN_S : 30))  # the stages before overran: 30 s anyway
+    deadline_min=$("$PY" -c "print(round($deadline_s / 60, 2))")
+    hard_s=$((deadline_s + STOP_MARGIN_S - 5))
+    echo "== sweep (deadline ${deadline_min} min, hard limit ${hard_s}s) $(date +%T), ${SECONDS}s into the budget"
     mkdir -p "$SWEEP_DIR"
-    timeout --signal=TERM --kill-after=10 "$((left - 5))" bash -c "sweep $deadline_min" >"$SWEEP_DIR/sweep.log" 2>&1 &
+    timeout --signal=TERM --kill-after=10 "$hard_s" bash -c "sweep $deadline_min" >"$SWEEP_DIR/sweep.log" 2>&1 &
     sweep_pid=$!
 fi
 # shellcheck disable=SC2086  # GPU_TESTS is a list of test paths
