@@ -62,6 +62,7 @@ class Config:
     clip_eps: float = knob(0.2, "PPO clip ε (paper: 0.2)", "policy")
     dual_clip: float = knob(3.0, "dual-clip c for negative advantages (released code: 3); 0 = off", "policy")
     ratio_level: str = knob("token", "PPO ratio per token (verl, default) | per step (paper Eq. 6)", "policy", ["token", "step"])
+    loss_agg: str = knob("token-mean", "how the PPO loss averages its terms: token-mean = every action token (step for --ratio-level step) of the minibatch equally (released code, verl) | seq-mean-token-mean = every trajectory equally, its tokens share its weight (long failed episodes no longer outweigh short wins)", "policy", ["token-mean", "seq-mean-token-mean"])
     ppo_epochs: int = knob(1, "passes over each batch (paper: 1)", "policy")
     minibatches: int = knob(4, "optimiser steps per epoch (the batch is split by trajectory)", "policy")
     micro_batch: int = knob(64, "most trajectories per forward/backward (gradient accumulation; memory only)", "policy")

@@ -8,8 +8,11 @@ the same model with
     column mask (B_cap, C_cap) and each row's next position id;
   * a functional forward (embedding, RMSNorm, q/k/v, RoPE, SDPA, SwiGLU MLP) that reads the HF
     module's own parameters, so optimiser steps are seen without copies;
-  * for the one-token decode step, CUDA graphs captured per (batch bucket, column bucket), with
-    the write column a device tensor, so a step is one graph replay.
+  * for decoding an action (``decoder``), one function per token that samples it (sampler.py),
+    records token, log-prob and liveness in static (B_cap, A) buffers, feeds it and advances the
+    token and column counters, all on the device; CUDA graphs capture it per (batch bucket, column
+    bucket, action buffer width, temperature, top-p), so a decoded token is one graph replay and the
+    host only looks at the buffers every few tokens (rollout.py's stop checks).
 
 It implements the same interface as kvcache.py's ``HFCache`` (``begin``, ``add``, ``feed``, ``step``,
 ``hide``, ``keep``, ``end``), so rollout.py drives either without knowing which. The hole semantics are those
@@ -21,8 +24,9 @@ Support is decided by checks, not by a list of model names: ``Engine.build`` dec
 decoder is not a plain full-attention Llama-family one (Llama, Qwen2, Mistral without sliding
 window, ...; no q/k norms, no logit soft-cap, no RoPE that changes with the sequence length), and
 then runs the functional forward beside the HF forward on a small ragged batch and declines when
-the logits differ. Captured graphs are checked against the eager step once; on any failure the engine
-warns and decodes eagerly.
+the logits differ. A captured graph is checked once against the same function run eagerly on the same
+state (same tokens, same logits to rounding); on any failure the engine warns and decodes eagerly.
+Without graphs (CPU, or ``graphs=False``) the same function runs eagerly: one code path.
 
 Shapes: B live rows, Bb graph batch bucket, C columns in use, Cb column bucket, q chunk width,
 H heads, Hkv kv heads, D head dim, V vocab.
@@ -43,6 +47,7 @@ import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
 from kvcache import _left_pad
+from sampler import sample
 
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> Engine, reused across rollouts
 _COL_BUCKET = 256  # graph column buckets (multiples of this)
@@ -163,9 +168,6 @@ class Engine:
             self.col_mask[:b, :C], self.next_pos[:b] = m[:b], p[:b]
         self.B_cap, self.C_cap = B_cap, C_cap
         self._graphs.clear()
-        self._static = dict(tok=torch.zeros(B_cap, dtype=torch.long, device=self.device),
-                            live=torch.zeros(B_cap, dtype=torch.bool, device=self.device),
-                            col=torch.zeros(1, dtype=torch.long, device=self.device))
 
     def _ensure_cols(self, need: int) -> None:
         if need > self.C_cap:
@@ -279,66 +281,120 @@ class Engine:
         return logits
 
     def step(self, tok: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (B,); rows with ``live`` False write a hole. Logits (B, V) fp32."""
+        """Feed one token per row (B,); rows with ``live`` False write a hole. Logits (B, V) fp32 (eager)."""
         B, c = self.B, self.c
         self._ensure_cols(c + 1)
         self.c = c + 1
-        if self.graphs_ok and graphs_available(self.device):
-            out = self._replay(tok, live, B, c)
-            if out is not None:
-                return out
         col = torch.full((1,), c, dtype=torch.long, device=self.device)
         return self._step(tok, live, col, B, c + 1)
 
-    # -- CUDA graphs --------------------------------------------------------------------------
-    def _replay(self, tok, live, B: int, c: int) -> torch.Tensor | None:
+    # -- sampling decode: sample + record + step, one CUDA graph replay per token ---------------
+    def decoder(self, logits, keys, steps, stop, max_tokens: int, temperature: float, top_p: float) -> "_Decoder":
+        """Decode one action per live row from ``logits`` (B, V): see ``_Decoder`` and rollout.py's
+        ``_EagerDecoder`` (the reference it must equal)."""
+        return _Decoder(self, logits, keys, steps, stop, max_tokens, temperature, top_p)
+
+    def _sample_step(self, d: dict, Bb: int, Cb: int, temperature: float, top_p: float) -> torch.Tensor:
+        """Token ``d["t"]`` of every row [0, Bb): sample it from ``d["logits"]``, record it, feed it at
+        column ``d["col"]``, leave the next logits in ``d["logits"]`` and advance both counters.
+        Static shapes, no host sync, all state in ``d`` and the cache: the function a graph captures."""
+        t, live, logits = d["t"], d["live"][:Bb], d["logits"][:Bb]
+        tok, lp = sample(logits, d["keys"][:Bb], d["steps"][:Bb], t, temperature, top_p)  # (Bb,), (Bb,)
+        d["tok"][:Bb].index_copy_(1, t, tok[:, None])
+        d["lp"][:Bb].index_copy_(1, t, lp[:, None])
+        d["fed"][:Bb].index_copy_(1, t, live[:, None])
+        logits.copy_(self._step(tok, live, d["col"], Bb, Cb))  # (Bb, V) next-token logits
+        live &= ~d["stop"][tok]  # an action ends on a stop token; its row feeds holes from now on
+        t += 1
+        d["col"] += 1
+        return logits
+
+    def _replay(self, d: dict, B: int, c: int, sampling: tuple) -> bool:
+        """One graph replay of ``_sample_step`` for (batch bucket, column bucket, sampling); False = none."""
         Bb, Cb = min(_batch_bucket(B), self.B_cap), min(_round_up(c + 1, _COL_BUCKET), self.C_cap)
-        s = self._static
-        s["tok"][:B].copy_(tok)
-        s["tok"][B:Bb].zero_()
-        s["live"][:B].copy_(live)
-        s["live"][B:Bb] = False
-        s["col"].fill_(c)
-        key = (Bb, Cb)
+        key = (Bb, Cb, d["tok"].shape[1], *sampling)
         if key not in self._graphs:
             try:
-                self._graphs[key] = self._capture(Bb, Cb)
+                self._graphs[key] = self._capture(d, Bb, Cb, sampling)
             except Exception as err:  # noqa: BLE001  any capture failure: fall back, never crash a rollout
                 warnings.warn(f"Engine: CUDA graph capture failed ({type(err).__name__}: {err}); decoding eagerly")
                 self.graphs_ok, self.graphs_failed = False, True
-                return None
-            if self._graphs[key] is None:
-                return None
-        graph, logits = self._graphs[key]
-        graph.replay()
-        return logits[:B]
+                return False
+        if self._graphs[key] is None:
+            return False
+        self._graphs[key][0].replay()
+        return True
 
-    def _capture(self, Bb: int, Cb: int):
-        """Capture ``_step`` for (Bb, Cb); replay it once against the eager step and keep it only if equal."""
-        s = self._static
-        args = (s["tok"][:Bb], s["live"][:Bb], s["col"], Bb, Cb)
-        saved = (self.next_pos.clone(), self.col_mask.clone())
+    def _capture(self, d: dict, Bb: int, Cb: int, sampling: tuple):
+        """Capture ``_sample_step`` for (Bb, Cb); replay it once against the eager step on the same state
+        and keep it only if both sample the same tokens and give the same logits (to rounding)."""
+        state = [self.next_pos, self.col_mask, *d.values()]
+        saved = [x.clone() for x in state]
 
-        def restore():  # a step's side effects on the row state (its K/V column is rewritten by the real step)
-            self.next_pos.copy_(saved[0])
-            self.col_mask.copy_(saved[1])
+        def restore():  # undo a step's side effects (its K/V column is rewritten by the real step)
+            for x, y in zip(state, saved):
+                x.copy_(y)
 
         def warmup():
-            self._step(*args)
+            self._sample_step(d, Bb, Cb, *sampling)
             restore()
-        graph, logits = capture_graph(lambda: self._step(*args), warmup)
+        graph, _ = capture_graph(lambda: self._sample_step(d, Bb, Cb, *sampling), warmup)
         restore()
-        want = self._step(*args)  # eager, then the graph on the same state: both write the same column
+        self._sample_step(d, Bb, Cb, *sampling)  # eager, then the graph on the same state
+        want = [x.clone() for x in (d["tok"], d["lp"], d["logits"])]
         restore()
         graph.replay()
+        got = (d["tok"], d["lp"], d["logits"])
+        same = torch.equal(got[0], want[0]) and _logits_close(got[1], want[1], self.dtype) \
+            and _logits_close(got[2], want[2], self.dtype)
+        err = float((got[2] - want[2]).abs().max())
         restore()  # the caller replays for real
-        if not _logits_close(logits, want, self.dtype):
-            err = float((logits - want).abs().max())
+        if not same:
             warnings.warn(f"Engine: a captured decode step disagrees with the eager one (max |Δlogit| {err:.3g}, "
-                          f"logits up to {float(want.abs().max()):.3g}, {self.dtype}); decoding eagerly")
+                          f"logits up to {float(want[2].abs().max()):.3g}, {self.dtype}); decoding eagerly")
             self.graphs_ok, self.graphs_failed = False, True
             return None
-        return graph, logits
+        return graph, d["logits"]
+
+
+class _Decoder:
+    """``Engine.decoder``: one action per live row, each token one ``Engine._sample_step`` (replayed as a
+    CUDA graph when available). ``tok``, ``lp``, ``fed`` (B, A) and ``live`` (B,) are views of the
+    engine's static buffers, read (and ``live`` edited in place) by the host between steps."""
+
+    def __init__(self, eng: Engine, logits, keys, steps, stop, max_tokens: int, temperature: float, top_p: float):
+        B, V = logits.shape
+        eng._ensure_cols(eng.c + max_tokens)  # the whole action fits: no reallocation (and no recapture) inside it
+        d = getattr(eng, "_dec", None)
+        if d is None or d["tok"].shape[0] < eng.B_cap or d["tok"].shape[1] < max_tokens or d["logits"].shape[1] != V \
+                or d["logits"].device != eng.device:
+            dev, A = eng.device, max(max_tokens, d["tok"].shape[1] if d else 0)
+            d = dict(logits=torch.zeros(eng.B_cap, V, device=dev), keys=torch.zeros(eng.B_cap, 2, dtype=torch.long, device=dev),
+                     steps=torch.zeros(eng.B_cap, dtype=torch.long, device=dev), stop=torch.zeros(V, dtype=torch.bool, device=dev),
+                     tok=torch.zeros(eng.B_cap, A, dtype=torch.long, device=dev), lp=torch.zeros(eng.B_cap, A, device=dev),
+                     fed=torch.zeros(eng.B_cap, A, dtype=torch.bool, device=dev), live=torch.zeros(eng.B_cap, dtype=torch.bool, device=dev),
+                     t=torch.zeros(1, dtype=torch.long, device=dev), col=torch.zeros(1, dtype=torch.long, device=dev))
+            eng._dec = d
+            eng._graphs.clear()  # graphs hold the addresses of these buffers
+        d["logits"][:B].copy_(logits)
+        d["keys"][:B].copy_(keys)
+        d["steps"][:B].copy_(steps)
+        d["stop"].copy_(stop)
+        d["live"].zero_()
+        d["live"][:B] = True  # rows past B (bucket padding) stay holes
+        d["fed"].zero_()
+        d["t"].zero_()
+        d["col"].fill_(eng.c)
+        self.eng, self.d, self.B, self.sampling = eng, d, B, (float(temperature), float(top_p))
+        self.tok, self.lp, self.fed = d["tok"][:B, :max_tokens], d["lp"][:B, :max_tokens], d["fed"][:B, :max_tokens]
+        self.live = d["live"][:B]
+
+    def step(self) -> None:
+        eng, c = self.eng, self.eng.c
+        eng.c = c + 1
+        if eng.graphs_ok and graphs_available(eng.device) and eng._replay(self.d, self.B, c, self.sampling):
+            return
+        eng._sample_step(self.d, self.B, c + 1, *self.sampling)
 
 
 def _logits_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> bool:

@@ -29,6 +29,9 @@ Deviations from the paper:
   1) Token-level ratio with token-mean aggregation by default (released code); the paper's step-
      level ratio is `ratio_level="step"` (product of the step's token ratios, mean over steps).
   2) Dual clip c = 3 and an entropy bonus 0.001 as in the released code (the paper names neither).
+  2b) `loss_agg="seq-mean-token-mean"` (option) weights every trajectory of a minibatch equally instead
+     of every token: with token-mean, tokens present in every step (the answer format) are pushed by
+     Σ_i A_i·steps_i, which is negative whenever failed episodes are longer than won ones (Sokoban).
   3) Several minibatches per batch (each an optimiser step), not the paper's 64 step-samples:
      our samples are whole trajectories.
   4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar,
@@ -225,7 +228,7 @@ def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tupl
 # ---------------------------------------------------------------------------------------------
 # Stage 4: policy update (paper.md E8)
 # ---------------------------------------------------------------------------------------------
-def policy_loss(logp, old_logp, token_adv, step_cu, clip_eps=0.2, dual_clip=3.0, ratio_level="token"):
+def policy_loss(logp, old_logp, token_adv, step_cu, clip_eps=0.2, dual_clip=3.0, ratio_level="token", weight=None):
     """PPO-clip surrogate, paper Eq. 6 (paper.md E8). Returns ``(loss, stats)``.
 
     Args:
@@ -233,8 +236,10 @@ def policy_loss(logp, old_logp, token_adv, step_cu, clip_eps=0.2, dual_clip=3.0,
         old_logp:  (T,) log π_θold of the same tokens.
         token_adv: (T,) A_{i,t} broadcast to tokens (E7).
         step_cu:   (S+1,) step offsets into T; used when ratio_level="step".
+        weight:    (T,) or (S,) weight of each loss term; None = the plain mean (token- or step-mean).
     ratio_level="token": ρ per token, token-mean. "step": log ρ_t = Σ_k (log π_θ − log π_θold) over
     the step's tokens, one term per step, step-mean (every token of a step has the same advantage).
+    ``weight`` replaces the mean by Σ weight·term (``update_policy`` uses it for ``loss_agg``).
     """
     if ratio_level == "step":
         step_len = (step_cu[1:] - step_cu[:-1]).long()  # (S,)
@@ -250,7 +255,7 @@ def policy_loss(logp, old_logp, token_adv, step_cu, clip_eps=0.2, dual_clip=3.0,
     if dual_clip:  # bound the loss of a negative advantage by −c·A (Ye et al. 2020)
         dual_active = (adv < 0) & (loss_terms > -dual_clip * adv)  # where the dual clip bounds the loss
         loss_terms = torch.where(dual_active, -dual_clip * adv, loss_terms)
-    loss = loss_terms.mean()
+    loss = loss_terms.mean() if weight is None else (loss_terms * weight).sum()
     with torch.no_grad():
         stats = {
             "policy/pg_loss": loss.item(),
@@ -261,6 +266,16 @@ def policy_loss(logp, old_logp, token_adv, step_cu, clip_eps=0.2, dual_clip=3.0,
     return loss, stats
 
 
+def _seq_mean_weights(part, ratio_level: str, n_mb: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights of ``loss_agg="seq-mean-token-mean"``: every loss term (token, or step for the step-level
+    ratio) of trajectory i gets 1 / (n_mb · units_i), so each trajectory of the minibatch counts 1/n_mb
+    whatever its length; the second tensor is the same per token (entropy and KL terms)."""
+    tok_n = (part.step_cu[part.traj_cu[1:]] - part.step_cu[part.traj_cu[:-1]]).long()  # (N_part,) tokens
+    unit_n = tok_n if ratio_level == "token" else (part.traj_cu[1:] - part.traj_cu[:-1]).long()  # (N_part,)
+    per = lambda n: torch.repeat_interleave(1.0 / (n_mb * n.clamp(min=1).float()), n)  # noqa: E731
+    return per(unit_n), per(tok_n)
+
+
 def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None, generator=None) -> dict:
     """PPO epochs over the batch: `minibatches` optimiser steps per epoch, micro-batched forwards.
 
@@ -268,7 +283,8 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
     rank); a rank runs the part of each minibatch it holds, weighted by the minibatch's global tokens.
     The loss is a mean over tokens (ratio_level="token") or over steps ("step", paper Eq. 6), so
     micro-batches and ranks are weighted by their share of the minibatch's tokens or steps, and
-    the logged stats are averaged with the same weights.
+    the logged stats are averaged with the same weights. With ``loss_agg="seq-mean-token-mean"``
+    each term carries 1 / (trajectories in the minibatch · its trajectory's terms) instead.
     """
     _check_finite("token advantage", token_adv)  # before any optimiser step: nothing is applied
     totals: dict[str, float] = {}
@@ -289,19 +305,29 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
                 weight = 1.0 if idx is not None else 0.0  # a padding chunk (FSDP lockstep) adds no gradient
                 idx = idx if idx is not None else torch.zeros(1, dtype=torch.long)
                 part, tok = batch.select(idx), _token_index(batch, idx)
+                units = tok.numel() if cfg.ratio_level == "token" else part.step_cu.numel() - 1
+                if cfg.loss_agg == "token-mean":  # every term 1/mb_units: micro-batches weighted by their units
+                    unit_w = tok_w = None
+                    share = units / mb_units
+                else:  # seq-mean-token-mean: each trajectory 1/mb.numel(), its terms share that equally
+                    unit_w, tok_w = _seq_mean_weights(part, cfg.ratio_level, mb.numel())  # (T_part or S_part,), (T_part,)
+                    share = 1.0
                 logp, entropy = _logprobs(policy, part, with_entropy=True)  # (T_part,), (T_part,)
-                loss, stats = policy_loss(logp, old_logp[tok], token_adv[tok], part.step_cu, cfg.clip_eps, cfg.dual_clip, cfg.ratio_level)
-                loss = loss - cfg.entropy_coef * entropy.mean()
+                loss, stats = policy_loss(logp, old_logp[tok], token_adv[tok], part.step_cu, cfg.clip_eps, cfg.dual_clip,
+                                          cfg.ratio_level, weight=unit_w)
+                if unit_w is not None:  # log the minibatch's own loss: Σ_parts (this) · units / count = its mean
+                    stats["policy/pg_loss"] *= mb_units / max(units, 1)
+                token_mean = (lambda x: x.mean()) if tok_w is None else (lambda x: (x * tok_w).sum())  # noqa: E731
+                loss = loss - cfg.entropy_coef * token_mean(entropy)
                 if cfg.kl_coef > 0 and ref_policy is not None:
                     with torch.no_grad():
                         ref_logp = _logprobs(ref_policy, part).float()
                     log_r = ref_logp - logp.float()
-                    kl = (log_r.exp() - 1 - log_r).mean()  # k3 estimator of KL(π_θ || π_ref)
+                    kl = token_mean(log_r.exp() - 1 - log_r)  # k3 estimator of KL(π_θ || π_ref)
                     loss = loss + cfg.kl_coef * kl
-                    stats["policy/kl_ref"] = kl.item()
+                    stats["policy/kl_ref"] = (log_r.exp() - 1 - log_r).mean().item()
                 _check_finite("policy loss", loss.detach())
-                units = tok.numel() if cfg.ratio_level == "token" else part.step_cu.numel() - 1
-                (loss * units / mb_units * weight).backward()  # weighted gradient accumulation
+                (loss * share * weight).backward()  # weighted gradient accumulation
                 if not weight:
                     continue
                 stats["policy/entropy"] = entropy.mean().item()

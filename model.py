@@ -90,6 +90,22 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
+    """``_encode`` of every text in one tokenizer call: a fast tokenizer encodes the batch in Rust, on
+    all cores (a rollout encodes one observation per live episode at every env step)."""
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def decode_actions(tokenizer, seqs: list[list[int]]) -> list[str]:
+    """``tokenizer.batch_decode(seqs, skip_special_tokens=True)``; a fast tokenizer without the clean-up
+    step decodes through its Rust backend in one call (the Python wrapper costs ~0.2 ms a sequence)."""
+    if getattr(tokenizer, "is_fast", False) and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return tokenizer.backend_tokenizer.decode_batch([list(x) for x in seqs], skip_special_tokens=True)
+    return tokenizer.batch_decode(seqs, skip_special_tokens=True)
+
+
 def _tiny_id(tokenizer, token: str) -> int:
     tid = tokenizer.convert_tokens_to_ids(token)
     if tid is None or tid == tokenizer.unk_token_id:
@@ -110,11 +126,22 @@ def _template(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
 
 def format_prompt(tokenizer, system: str, observation: str) -> list[int]:
     """Context before the first action: [system turn][user turn: first observation][assistant prefix]."""
+    return format_prompts(tokenizer, [system], [observation])[0]
+
+
+def format_prompts(tokenizer, systems: list[str], observations: list[str]) -> list[list[int]]:
+    """``format_prompt`` of every (system, observation) pair, encoded in one tokenizer call."""
+    if len(systems) != len(observations):
+        raise ValueError(f"format_prompts: {len(systems)} system prompts for {len(observations)} observations")
     if has_chat_template(tokenizer):
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": observation}]
-        return _encode(tokenizer, _template(tokenizer, msgs, True))
-    head = format_turn(tokenizer, "system", system) if system else []
-    return head + format_turn(tokenizer, "user", observation) + [_tiny_id(tokenizer, ROLE_TOKENS["assistant"])]
+        texts = [_template(tokenizer, ([{"role": "system", "content": s}] if s else []) + [{"role": "user", "content": o}], True)
+                 for s, o in zip(systems, observations)]
+        return _encode_many(tokenizer, texts)
+    ids = _encode_many(tokenizer, list(systems) + list(observations))
+    sys_ids, obs_ids = ids[:len(systems)], ids[len(systems):]
+    user, asst, end = (_tiny_id(tokenizer, t) for t in (ROLE_TOKENS["user"], ROLE_TOKENS["assistant"], END))
+    system = _tiny_id(tokenizer, ROLE_TOKENS["system"])
+    return [([system, *si, end] if s else []) + [user, *oi, end, asst] for s, si, oi in zip(systems, sys_ids, obs_ids)]
 
 
 def format_observation(tokenizer, observation: str) -> list[int]:
@@ -123,15 +150,23 @@ def format_observation(tokenizer, observation: str) -> list[int]:
     With a chat template the piece is the text the template puts after an assistant message,
     found by rendering a conversation whose assistant message is a placeholder.
     """
+    return format_observations(tokenizer, [observation])[0]
+
+
+def format_observations(tokenizer, observations: list[str]) -> list[list[int]]:
+    """``format_observation`` of every observation, encoded in one tokenizer call."""
     if has_chat_template(tokenizer):
-        msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": _PLACEHOLDER},
-                {"role": "user", "content": observation}]
-        text = _template(tokenizer, msgs, True)
-        if _PLACEHOLDER not in text:
-            raise ValueError("the tokenizer's chat template drops assistant messages; cannot split it into turns")
-        return _encode(tokenizer, text.split(_PLACEHOLDER, 1)[1])
-    return [_tiny_id(tokenizer, END)] + format_turn(tokenizer, "user", observation) + [
-        _tiny_id(tokenizer, ROLE_TOKENS["assistant"])]
+        texts = []
+        for obs in observations:
+            msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": _PLACEHOLDER},
+                    {"role": "user", "content": obs}]
+            text = _template(tokenizer, msgs, True)
+            if _PLACEHOLDER not in text:
+                raise ValueError("the tokenizer's chat template drops assistant messages; cannot split it into turns")
+            texts.append(text.split(_PLACEHOLDER, 1)[1])
+        return _encode_many(tokenizer, texts)
+    user, asst, end = (_tiny_id(tokenizer, t) for t in (ROLE_TOKENS["user"], ROLE_TOKENS["assistant"], END))
+    return [[end, user, *ids, end, asst] for ids in _encode_many(tokenizer, list(observations))]
 
 
 def encode_action(tokenizer, text: str) -> list[int]:

@@ -15,7 +15,8 @@ pack, rollout`` works.
 How one rollout batch runs (all live episodes decode together):
   1. Prefill: every episode's context [system + first observation + assistant prefix] is
      left-padded into one chunk; position ids count real tokens only.
-  2. Decode: one token per row per forward, every sampled token fed to the cache at once. A row
+  2. Decode: one token per row per forward, every sampled token fed to the cache at once (engine.py
+     does sample + record + feed in one CUDA graph replay; ``_EagerDecoder`` is the same for any cache). A row
      whose action has ended on a stop token (EOS, the end-of-turn token, or a single token holding
      ``</action>``) feeds *holes* (mask 0) from then on, decided on the device. The host looks at
      the tokens after 1, 2, 4, 8, then every ``sync_every`` tokens: it finds tags spelled over
@@ -73,7 +74,7 @@ from batch import Batch, pack  # noqa: F401  re-exported: callers import them fr
 from engine import Engine
 from envs.base import Env
 from kvcache import HFCache
-from model import format_observation, format_prompt, stop_token_ids
+from model import decode_actions, format_observation, format_observations, format_prompts, stop_token_ids
 from sampler import row_keys, sample
 
 _ACTION_END_RE = re.compile(r"<\s*/\s*action\s*>", re.IGNORECASE)  # same tolerance as envs.base.parse_action
@@ -148,10 +149,10 @@ class _Episode:
         return False
 
 
-def next_context(tokenizer, obs: str, a_ids: list[int], stop_ids: list[int]) -> list[int]:
-    """Context ids after the action ``a_ids``: the next observation's turn, without its first token
-    when the action already ended with that token (the model closed its turn itself)."""
-    ctx = format_observation(tokenizer, obs)
+def next_context(tokenizer, obs: str, a_ids: list[int], stop_ids: list[int], ctx: list[int] | None = None) -> list[int]:
+    """Context ids after the action ``a_ids``: the next observation's turn (``ctx``, or formatted here),
+    without its first token when the action already ended with that token (the model closed its turn itself)."""
+    ctx = format_observation(tokenizer, obs) if ctx is None else ctx
     if a_ids and a_ids[-1] in stop_ids and ctx and ctx[0] == a_ids[-1]:
         ctx = ctx[1:]
     return ctx
@@ -214,18 +215,20 @@ def rollout(model, tokenizer, make_env: Callable[[], Env], task_seeds: list[int]
     stop_ids = stop_token_ids(tokenizer, model)
     budget = max_context - max_action_tokens  # context a row may hold before an action
 
-    episodes = []
+    starts = []  # (env, task seed, group id, first observation)
     for gid, task_seed in enumerate(task_seeds):
         for _ in range(group_size):
             env = make_env()
-            obs = env.reset(int(task_seed))
-            ep = _Episode(env, Trajectory(int(task_seed), gid, observations=[obs]),
-                          format_prompt(tokenizer, env.system_prompt, obs))
-            if len(ep.prompt) > budget:
-                warnings.warn(f"rollout: prompt of {len(ep.prompt)} tokens + max_action_tokens exceeds "
-                              f"max_context={max_context}; the row is kept whole")
-            ep.idx = len(episodes)
-            episodes.append(ep)
+            starts.append((env, int(task_seed), gid, env.reset(int(task_seed))))
+    prompts = format_prompts(tokenizer, [x[0].system_prompt for x in starts], [x[3] for x in starts])
+    episodes = []
+    for (env, task_seed, gid, obs), prompt in zip(starts, prompts):
+        ep = _Episode(env, Trajectory(task_seed, gid, observations=[obs]), prompt)
+        if len(ep.prompt) > budget:
+            warnings.warn(f"rollout: prompt of {len(ep.prompt)} tokens + max_action_tokens exceeds "
+                          f"max_context={max_context}; the row is kept whole")
+        ep.idx = len(episodes)
+        episodes.append(ep)
     keys = row_keys(generator, len(episodes), device)  # (E, 2) one sampling key per episode
 
     was_training = model.training
@@ -275,8 +278,8 @@ def _run(cache, tokenizer, episodes, keys, stop_ids, budget, max_history_steps, 
         toks, lps = _decode_action(cache, logits, keys_b, steps, tokenizer, *tables, max_action_tokens,
                                    temperature, top_p, sync_every)
         # 3. Step the envs; finished episodes leave, others append or start a windowed row.
-        keep, fresh = [], []
-        texts = tokenizer.batch_decode(toks, skip_special_tokens=True)
+        keep, fresh, going = [], [], []  # going: (row, observation) of episodes that go on
+        texts = decode_actions(tokenizer, toks)
         for b, e in enumerate(rows):
             a_ids, text = toks[b], texts[b]
             obs, reward, done, info = e.env.step(text)
@@ -292,9 +295,12 @@ def _run(cache, tokenizer, episodes, keys, stop_ids, budget, max_history_steps, 
             e.row_mask += [True] * len(a_ids)
             if done:
                 e.close_row()
-                continue
-            ctx = next_context(tokenizer, obs, a_ids, stop_ids)
-            if e.after_action(a_ids, ctx, budget, max_history_steps):
+            else:
+                going.append((b, obs))
+        contexts = format_observations(tokenizer, [obs for _, obs in going])  # one tokenizer call per env step
+        for (b, obs), ctx in zip(going, contexts):
+            e = rows[b]
+            if e.after_action(toks[b], next_context(tokenizer, obs, toks[b], stop_ids, ctx), budget, max_history_steps):
                 fresh.append(e)
             else:
                 keep.append(b)
@@ -325,6 +331,30 @@ def _closes_action(tokenizer, tail: list[int]) -> bool:
     return _ACTION_END_RE.search(tokenizer.decode(tail)) is not None
 
 
+class _EagerDecoder:
+    """Decode one action per row with any cache's ``step``: token t of every row is sampled from the
+    current logits, recorded in ``tok``/``lp`` (B, A) with ``fed`` (B, A) = whether it went in as a real
+    token, and fed; ``live`` (B,) turns False after a stop token. engine.py's ``Engine.decoder`` does
+    the same in one CUDA graph replay per token and must give the same buffers (tested)."""
+
+    def __init__(self, cache, logits, keys, steps, stop, max_tokens, temperature, top_p):
+        B, dev = logits.shape[0], logits.device
+        self.cache, self.logits, self.keys, self.steps, self.stop = cache, logits, keys, steps, stop
+        self.sampling, self.t = (temperature, top_p), 0
+        self.tok = torch.zeros(B, max_tokens, dtype=torch.long, device=dev)  # (B, A)
+        self.lp = torch.zeros(B, max_tokens, device=dev)  # (B, A)
+        self.fed = torch.zeros(B, max_tokens, dtype=torch.bool, device=dev)  # (B, A)
+        self.live = torch.ones(B, dtype=torch.bool, device=dev)  # (B,) still writing its action
+
+    def step(self) -> None:
+        t = self.t
+        tok, lp = sample(self.logits, self.keys, self.steps, t, *self.sampling)  # (B,), (B,)
+        self.tok[:, t], self.lp[:, t], self.fed[:, t] = tok, lp, self.live
+        self.logits = self.cache.step(tok, self.live)
+        self.live &= ~self.stop[tok]
+        self.t = t + 1
+
+
 def _decode_action(cache, logits, keys, steps, tokenizer, stop, closes, max_tokens, temperature, top_p, sync_every):
     """Decode one action per row until every row has ended it (a stop token, a spelled-out
     ``</action>``, or ``max_tokens``); returns per row its tokens and their log-probs.
@@ -334,28 +364,23 @@ def _decode_action(cache, logits, keys, steps, tokenizer, stop, closes, max_toke
     host check (every ``sync_every`` tokens at most), and the tokens fed after it become holes
     (``cache.hide``), so the cache ends up exactly as if decoding had stopped there."""
     B, dev = logits.shape[0], logits.device
-    tok_buf = torch.zeros(B, max_tokens, dtype=torch.long, device=dev)  # (B, A)
-    lp_buf = torch.zeros(B, max_tokens, device=dev)  # (B, A)
-    fed = torch.zeros(B, max_tokens, dtype=torch.bool, device=dev)  # (B, A) token went in as a real token
-    live = torch.ones(B, dtype=torch.bool, device=dev)  # (B,) still writing its action
+    make = getattr(cache, "decoder", None) or (lambda *a: _EagerDecoder(cache, *a))
+    dec = make(logits, keys, steps, stop, max_tokens, temperature, top_p)
     lengths, done = [max_tokens] * B, [False] * B
     t0 = 0
     while t0 < max_tokens and not all(done):
         t1 = min(max_tokens, t0 + max(1, min(sync_every, t0)))  # host checks after tokens 1, 2, 4, 8, 16, 24, ...
-        for t in range(t0, t1):
-            tok, lp = sample(logits, keys, steps, t, temperature, top_p)  # (B,), (B,)
-            tok_buf[:, t], lp_buf[:, t], fed[:, t] = tok, lp, live
-            logits = cache.step(tok, live)
-            live = live & ~stop[tok]
+        for _ in range(t0, t1):
+            dec.step()
         # One host sync: where did each row's action end inside [t0, t1)?
-        seg, seg_fed = tok_buf[:, t0:t1], fed[:, t0:t1]  # (B, k)
+        seg, seg_fed = dec.tok[:, t0:t1], dec.fed[:, t0:t1]  # (B, k)
         stop_hit = stop[seg] & seg_fed  # (B, k)
         k = t1 - t0
         ends = torch.where(stop_hit.any(1), stop_hit.int().argmax(1), k).tolist()  # (B,) k = no stop token
         cand = closes[seg] & seg_fed  # (B, k) tokens that may complete a spelled-out tag
         cand_rows = cand.any(1).nonzero().flatten().tolist()
         if cand_rows:
-            cand_l, tails = cand[cand_rows].tolist(), tok_buf[cand_rows, :t1].tolist()
+            cand_l, tails = cand[cand_rows].tolist(), dec.tok[cand_rows, :t1].tolist()
             tagged = []
             for r, b in enumerate(cand_rows):
                 for j in range(ends[b]):
@@ -368,11 +393,11 @@ def _decode_action(cache, logits, keys, steps, tokenizer, stop, closes, max_toke
                 hidden = torch.zeros_like(seg_fed)
                 hidden[tagged] = after & seg_fed[tagged]  # tokens fed after the tag
                 cache.hide(hidden)
-                live[tagged] = False
+                dec.live[tagged] = False
         for b, j in enumerate(ends):
             if j < k and not done[b]:
                 lengths[b], done[b] = t0 + j + 1, True
         t0 = t1
-    toks = [r[:n] for r, n in zip(tok_buf.tolist(), lengths)]
-    lps = [r[:n] for r, n in zip(lp_buf.tolist(), lengths)]
+    toks = [r[:n] for r, n in zip(dec.tok.tolist(), lengths)]
+    lps = [r[:n] for r, n in zip(dec.lp.tolist(), lengths)]
     return toks, lps

@@ -257,6 +257,17 @@ def test_graph_bookkeeping_gives_the_eager_trajectories(fake_graphs, saynumber):
     np.testing.assert_allclose([x for t in graphs for x in t.logp], [x for t in eager for x in t.logp], atol=1e-5)
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_engine_decoder_samples_what_the_eager_decoder_samples(saynumber, top_p):
+    """Engine.decoder (sample + record + feed in one function, the one graphs capture) against rollout.py's
+    _EagerDecoder over the HF forward: same sampled trajectories, same recorded log-probs."""
+    model, tok = saynumber
+    static = _saynumber_rollouts(model, tok, engine="static", cuda_graphs=False, temperature=1.0, top_p=top_p)
+    hf = _saynumber_rollouts(model, tok, engine="hf", temperature=1.0, top_p=top_p)
+    assert [t.rows for t in static] == [t.rows for t in hf]
+    np.testing.assert_allclose([x for t in static for x in t.logp], [x for t in hf for x in t.logp], atol=1e-4)
+
+
 @pytest.mark.parametrize("failure", ["raises", "disagrees"])
 def test_a_bad_capture_falls_back_to_eager_with_a_warning(fake_graphs, saynumber, failure):
     monkeypatch, engine_module, _ = fake_graphs

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from config import Config
 from envs import make_env
-from istar import NonFiniteError, _chunks, compute_advantages, istar_update, policy_loss, update_policy, update_prm
+from istar import NonFiniteError, _chunks, _seq_mean_weights, compute_advantages, istar_update, policy_loss, update_policy, update_prm
 from model import build_default_model, build_tokenizer, token_logprobs
 from prm import step_rewards, trajectory_scores
 from rollout import pack, rollout
@@ -188,8 +188,9 @@ def test_istar_update_moves_the_policy_and_nan_stops_it(setup):
     assert all(torch.equal(a, b) for a, b in zip(snapshot, policy.parameters()))  # nothing applied
 
 
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
 @pytest.mark.parametrize("ratio_level", ["token", "step"])
-def test_micro_batching_does_not_change_the_policy_gradient(setup, ratio_level):
+def test_micro_batching_does_not_change_the_policy_gradient(setup, ratio_level, loss_agg):
     """Token- (step-) mean over a minibatch: micro-batches are weighted by their tokens (steps)."""
     tok, policy, batch = setup
     old = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
@@ -204,7 +205,7 @@ def test_micro_batching_does_not_change_the_policy_gradient(setup, ratio_level):
                 captured.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
 
         cfg = cfg_for(micro_batch=micro_batch, micro_batch_tokens=tokens, minibatches=1, ratio_level=ratio_level,
-                      entropy_coef=0.0, grad_clip=1e9)
+                      entropy_coef=0.0, grad_clip=1e9, loss_agg=loss_agg)
         stats = update_policy(model, Capture(model.parameters(), lr=0.0), batch, old, adv, cfg, generator=torch.Generator().manual_seed(0))
         grads.append((captured, stats))
     (g1, s1), *others = grads
@@ -224,3 +225,48 @@ def test_micro_batches_hold_whole_trajectories_within_both_limits(setup, order, 
     for c in chunks:
         assert 1 <= c.numel() <= micro_batch
         assert c.numel() == 1 or batch.select(c).input_ids.numel() <= tokens  # (rows, longest row) of the forward
+
+
+@settings(deadline=None, max_examples=50)
+@given(steps=st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=5), min_size=1, max_size=7),
+       extra=st.integers(0, 5), level=st.sampled_from(["token", "step"]))
+def test_seq_mean_gives_every_trajectory_the_same_weight(steps, extra, level):
+    """seq-mean-token-mean: the weights of a trajectory's terms sum to 1/n_mb whatever its length."""
+    class Part:
+        pass
+    part = Part()
+    part.traj_cu = torch.tensor([0] + [sum(len(x) for x in steps[:i + 1]) for i in range(len(steps))])  # (N+1,)
+    part.step_cu = torch.tensor([0] + torch.tensor([n for x in steps for n in x]).cumsum(0).tolist())  # (S+1,)
+    n_mb = len(steps) + extra  # the minibatch may hold trajectories of other micro-batches
+    unit_w, tok_w = _seq_mean_weights(part, level, n_mb)
+    units = [sum(x) if level == "token" else len(x) for x in steps]
+    assert unit_w.numel() == sum(units) and tok_w.numel() == sum(sum(x) for x in steps)
+    for w, per in ((unit_w, units), (tok_w, [sum(x) for x in steps])):
+        sums = torch.stack([c.sum() for c in torch.split(w, per)])  # (N,)
+        torch.testing.assert_close(sums, torch.full_like(sums, 1 / n_mb))
+        assert all(torch.all(c == c[0]) for c in torch.split(w, per))  # equal inside a trajectory
+
+
+def test_seq_mean_loss_is_the_mean_over_trajectories_of_their_token_means(setup):
+    """One minibatch, entropy on: the gradient of update_policy equals that of the direct formula."""
+    tok, policy, batch = setup
+    old = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
+    adv = torch.randn(int(batch.step_cu[-1]), generator=torch.Generator().manual_seed(2))
+    cfg = cfg_for(micro_batch=5, minibatches=1, entropy_coef=0.01, grad_clip=1e9, loss_agg="seq-mean-token-mean",
+                  dual_clip=0.0)
+    model, captured = copy.deepcopy(policy), {}
+
+    class Capture(torch.optim.SGD):
+        def step(self, closure=None):
+            captured.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    update_policy(model, Capture(model.parameters(), lr=0.0), batch, old, adv, cfg, generator=torch.Generator().manual_seed(0))
+    ref = copy.deepcopy(policy)
+    logp, ent = token_logprobs(ref, batch.input_ids, batch.attention_mask, batch.action_mask, with_entropy=True)
+    tok_cu = batch.step_cu[batch.traj_cu].tolist()  # (N+1,)
+    per_traj = []
+    for a, b in zip(tok_cu[:-1], tok_cu[1:]):
+        pg, _ = policy_loss(logp[a:b], old[a:b], adv[a:b], batch.step_cu, dual_clip=0.0)  # token-mean of one trajectory
+        per_traj.append(pg - 0.01 * ent[a:b].mean())
+    torch.stack(per_traj).mean().backward()
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(captured[n], p.grad, atol=1e-6, rtol=1e-4)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from model import (MODEL_SIZES, TAG_TOKENS, build_default_model, build_tokenizer, clone_model, encode_action,
-                   format_observation, format_prompt, format_turn, load_model, save_model, shared_prefix_len,
-                   token_logprobs)
+from model import (MODEL_SIZES, TAG_TOKENS, build_default_model, build_tokenizer, clone_model, decode_actions,
+                   encode_action, format_observation, format_observations, format_prompt, format_prompts, format_turn,
+                   load_model, save_model, shared_prefix_len, token_logprobs)
 
 TEXTS = ["You are a helpful agent. Answer with <action>...</action>.", "Say 12.", "Say 7.",
          "<think>the number is 12</think><action>12</action>", "Room:\n#__O#\n#P_X#\n"] * 4
@@ -49,6 +49,45 @@ def test_tiny_chat_format(tok):
     assert tok.decode(format_prompt(tok, "", "x")) == "<|user|>x<|end|><|assistant|>"
     with pytest.raises(ValueError, match="role"):
         format_turn(tok, "robot", "x")
+
+
+@pytest.fixture(scope="module")
+def chat_tok(tmp_path_factory, tok):
+    path = str(tmp_path_factory.mktemp("chat"))
+    save_model(build_default_model(tok, "tiny", seed=0), tok, path)
+    loaded = load_model(path)[1]
+    loaded.chat_template = CHATML
+    return loaded
+
+
+@settings(deadline=None, max_examples=30)
+@given(pairs=st.lists(st.tuples(st.sampled_from(["", "SYS", "You are an agent."]), st.text(max_size=30)), max_size=6),
+       chat=st.booleans())
+@example(pairs=[("SYS", "<action>up</action>"), ("", "Room:\n#P_X#")], chat=False)
+def test_batched_formatting_equals_one_text_at_a_time(tok, chat_tok, pairs, chat):
+    """format_prompts / format_observations encode a whole batch in one tokenizer call: the same ids as
+    encoding each text alone (tiny format from its pieces, chat template from its rendering)."""
+    t = chat_tok if chat else tok
+    enc = lambda text: t.encode(text, add_special_tokens=False)  # noqa: E731
+    ids = lambda name: t.convert_tokens_to_ids(name)  # noqa: E731
+    systems, observations = [s for s, _ in pairs], [o for _, o in pairs]
+    if chat:
+        render = lambda msgs: enc(t.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))  # noqa: E731
+        want_p = [render(([{"role": "system", "content": s}] if s else []) + [{"role": "user", "content": o}]) for s, o in pairs]
+        want_o = [format_observation(t, o) for o in observations]  # one at a time (a batch of one)
+    else:
+        turn = lambda role, text: [ids(f"<|{role}|>"), *enc(text), ids("<|end|>")]  # noqa: E731
+        want_p = [(turn("system", s) if s else []) + turn("user", o) + [ids("<|assistant|>")] for s, o in pairs]
+        want_o = [[ids("<|end|>"), *turn("user", o), ids("<|assistant|>")] for o in observations]
+    assert format_prompts(t, systems, observations) == want_p
+    assert format_observations(t, observations) == want_o
+
+
+@settings(deadline=None, max_examples=30)
+@given(seqs=st.lists(st.lists(st.integers(0, 319), max_size=12), max_size=6), chat=st.booleans())
+def test_decode_actions_equals_batch_decode(tok, chat_tok, seqs, chat):
+    t = chat_tok if chat else tok
+    assert decode_actions(t, seqs) == [t.decode(x, skip_special_tokens=True) for x in seqs]
 
 
 def test_chat_template_pieces_concatenate_to_the_full_rendering(tmp_path, tok):
