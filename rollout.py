@@ -8,9 +8,10 @@ This file holds ``Trajectory``, ``rollout`` and the episode bookkeeping (action 
 history windows). The decode cache is either engine.py's ``Engine`` (static buffers, a functional
 Llama-family forward, CUDA graphs) or kvcache.py's ``HFCache`` (the model's own forward, any HF
 causal LM); both offer ``begin``/``add``/``feed``/``step``/``hide``/``keep``/``end`` and kvcache.py explains
-why holes are correct. Tokens come from sampler.py. Packing trajectories into tensors (``Batch``,
-``pack``) lives in batch.py and is re-exported here, so ``from rollout import Batch, Trajectory,
-pack, rollout`` works.
+why holes are correct. A cache may also offer ``decoder`` (the engine does: sampling inside its CUDA
+graph); otherwise ``_EagerDecoder`` decodes an action through ``step``. Tokens come from sampler.py.
+Packing trajectories into tensors (``Batch``, ``pack``) lives in batch.py and is re-exported here,
+so ``from rollout import Batch, Trajectory, pack, rollout`` works.
 
 How one rollout batch runs (all live episodes decode together):
   1. Prefill: every episode's context [system + first observation + assistant prefix] is
@@ -78,6 +79,8 @@ from model import decode_actions, format_observation, format_observations, forma
 from sampler import row_keys, sample
 
 _ACTION_END_RE = re.compile(r"<\s*/\s*action\s*>", re.IGNORECASE)  # same tolerance as envs.base.parse_action
+# what may stand before the first '>' of a token that completes a tag begun in earlier tokens: a suffix of "</action"
+_TAG_TAIL_RE = re.compile(r"(?:<?\s*/)?\s*action\s*|(?:ction|tion|ion|on|n)?\s*", re.IGNORECASE)
 
 
 @dataclass
@@ -311,8 +314,9 @@ def _run(cache, tokenizer, episodes, keys, stop_ids, budget, max_history_steps, 
 def _vocab_tables(tokenizer, vocab: int, stop_ids: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Two (V,) masks. ``stop``: tokens that end an action by themselves (stop ids, and single tokens
     whose text holds a whole ``</action>`` tag), detected on the device without a host sync.
-    ``closes``: other tokens whose text contains '>': only those can complete a tag spelled over
-    several tokens, so only rows that sampled one are decoded to text and searched on the host."""
+    ``closes``: other tokens that can complete a tag spelled over several tokens (a '>' preceded only by
+    a suffix of "</action", e.g. ">", "on>"; not "<action>"), so only rows that sampled one are decoded
+    to text and searched on the host (a trained policy opens every action with "<action>")."""
     names = tokenizer.convert_ids_to_tokens(list(range(min(vocab, len(tokenizer)))))
     closes = [">" in (s or "") for s in names] + [False] * max(0, vocab - len(names))  # ids past the tokenizer
     stop = [False] * vocab
@@ -320,8 +324,10 @@ def _vocab_tables(tokenizer, vocab: int, stop_ids: list[int], device) -> tuple[t
         if 0 <= i < vocab:
             stop[i] = True
     for i, c in enumerate(closes):
-        if c and _ACTION_END_RE.search(tokenizer.decode([i])):
-            stop[i], closes[i] = True, False
+        if c:  # only ids whose token holds a '>' are decoded: a few, even for a 150k vocabulary
+            text = tokenizer.decode([i])
+            stop[i] = stop[i] or bool(_ACTION_END_RE.search(text))
+            closes[i] = not stop[i] and ">" in text and bool(_TAG_TAIL_RE.fullmatch(text.split(">", 1)[0]))
     return torch.tensor(stop, device=device), torch.tensor(closes, device=device)
 
 

@@ -18,6 +18,8 @@ learning rate stays a few times below it.
 
 Run: ``python -m bench.lr_probe --lrs 3e-5,1e-4,2e-4,3e-4 -- --env sokoban --tasks-per-iter 8``
 (flags after ``--`` are train.py's; the default model is built and warm-started as there).
+Add ``--loss-agg seq-mean-token-mean`` after ``--`` to compare the PPO loss aggregations: the
+printed mean log ρ of ``</action>`` shows how the update moves the answer format itself.
 """
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     tokens = batch.input_ids[batch.action_mask]  # (T,) the action tokens, packed
     print(f"batch: {batch.num_traj} episodes, {int(batch.won.sum())} won, {batch.input_ids.shape[0]} rows, "
           f"{old_logp.numel()} action tokens; policy lr {', '.join(f'{x:g}' for x in lrs)}")
+    end_id = tokenizer.convert_tokens_to_ids("</action>")
+    is_end = tokens == end_id  # (T,) the closing tag, in every step of every episode
     for lr in lrs:
         model, prm = copy.deepcopy(policy), copy.deepcopy(policy)  # the PRM starts as the policy (paper.md E3)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -76,9 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         kl = float(((log_ratio.exp() - 1) - log_ratio).mean())  # k3 estimate of KL(π_θold ‖ π_θ)
         k = int(log_ratio.abs().argmax())
         word = tokenizer.decode([int(tokens[k])])
+        fmt = log_ratio[is_end].mean() if is_end.any() else float("nan")  # the answer format's closing tag
         print(f"lr {lr:7.1e}: KL after the update {kl:9.2e}   max |log ρ| {log_ratio.abs().max():6.2f} "
-              f"({word!r}: p {old_logp[k].exp():.3g} -> {new_logp[k].exp():.3g})   clip_frac {stats['policy/clip_frac']:.3f}"
-              f"   grad_norm {stats['policy/grad_norm']:.2f}   ({time.time() - t0:.0f} s)", flush=True)
+              f"({word!r}: p {old_logp[k].exp():.3g} -> {new_logp[k].exp():.3g})   mean log ρ of '</action>' {fmt:+.4f}"
+              f"   clip_frac {stats['policy/clip_frac']:.3f}   grad_norm {stats['policy/grad_norm']:.2f}"
+              f"   ({time.time() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from envs.base import Env, wrap_action
@@ -258,6 +258,20 @@ def test_action_end_tag_is_found_in_one_token_or_several(tok):
         assert _closes_action(tok, ids[-16:]) and not _closes_action(tok, ids[:-1])
     assert stop[tok.eos_token_id] and not stop[tok.encode("up", add_special_tokens=False)].any()
     assert not (closes[-3:].any() or stop[-3:].any()) and not closes[tok.encode("up", add_special_tokens=False)].any()
+    assert not closes[tok.convert_tokens_to_ids("<action>")]  # opens every action: no host check for it
+
+
+@settings(deadline=None, max_examples=300)
+@given(prefix=st.text(alphabet="</actionACTION >x\n", max_size=12), token=st.text(alphabet="</actionACTION >x\n", min_size=1, max_size=8))
+@example(prefix="</act", token="ion>")
+@example(prefix="< / ACTION", token=" >")
+@example(prefix="</action", token=">")
+def test_only_tokens_that_can_finish_a_tag_are_checked_on_the_host(prefix, token):
+    """A token that completes an </action> tag begun in earlier text (the tag is in neither part alone)
+    passes the cheap filter that decides which sampled tokens the host decodes (rollout._vocab_tables)."""
+    from rollout import _ACTION_END_RE, _TAG_TAIL_RE
+    if _ACTION_END_RE.search(prefix + token) and not _ACTION_END_RE.search(prefix) and not _ACTION_END_RE.search(token):
+        assert _TAG_TAIL_RE.fullmatch(token.split(">", 1)[0]), (prefix, token)
 
 
 def test_rollout_rejects_bad_arguments(tok, random_model):
