@@ -149,13 +149,15 @@ def env_metrics(trajs, prefix="env") -> dict:
 
 
 @torch.no_grad()
-def evaluate(policy, tokenizer, make, cfg: Config, device) -> dict:
-    """Held-out tasks (seeds ≥ 2**31), one rollout each: greedy and sampled at eval_temperature.
+def evaluate(policy, tokenizer, make, cfg: Config, device, modes=("greedy", "sampled")) -> dict:
+    """Held-out tasks (seeds ≥ 2**31), one rollout each: greedy and/or sampled at eval_temperature.
     Under torchrun each rank plays its share of the seeds and the episodes are gathered."""
     seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + cfg.eval_tasks))
     lo, hi = distributed.shard(len(seeds))
     out = {}
     for name, temperature in (("greedy", 0.0), ("sampled", cfg.eval_temperature)):
+        if name not in modes:
+            continue
         gens = distributed.task_generators(seeds, (12345,), device)[lo:hi]  # fixed: never touches the training RNG
         with distributed.gathered(policy):
             trajs = rollout(distributed.unwrap(policy), tokenizer, make, seeds[lo:hi], 1, temperature=temperature, generator=gens,

@@ -172,3 +172,21 @@ def test_lr_probe_reports_the_kl_of_one_update_per_learning_rate(tmp_path):
     kls = [float(line.split("KL after the update")[1].split()[0]) for line in proc.stdout.splitlines() if "KL after the update" in line]
     assert len(kls) == 2 and all(math.isfinite(k) and k >= 0 for k in kls)
     assert kls[1] > kls[0]  # a thousand times the learning rate moves the policy further
+
+
+def test_heldout_replays_the_runs_own_evaluations(tmp_path, capsys):
+    """bench.heldout on the run's own task count reproduces its evaluations exactly: the warm start's
+    (iteration 0, before RL) and the final policy's, greedy and sampled (same seeds, same keys)."""
+    from bench.heldout import main as heldout
+    train(tiny(tmp_path, run_name="h", iterations=1, eval_tasks=3, warmstart_episodes=48, warmstart_epochs=3, warmstart_lr=3e-3))
+    got = {r["iteration"]: r for r in rows(tmp_path / "h")}
+    capsys.readouterr()
+    heldout([str(tmp_path / "h"), "--warmstart", "--tasks", "3", "--temperatures", "0,0.4"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4  # (warm start, run) x (greedy, sampled)
+    for line, (it, key) in zip(lines, [(0, "greedy"), (0, "sampled"), (1, "greedy"), (1, "sampled")]):
+        assert f"success {round(got[it][f'eval/success_{key}'] * 3):4d}/3" in line, (line, it, key)
+        assert f"invalid actions {got[it][f'eval/invalid_frac_{key}']:.4f}" in line, (line, it, key)
+    assert len({line.split("invalid actions")[1] for line in lines}) > 1  # the fractions tell the policies apart
+    with pytest.raises(SystemExit, match="policy not found"):
+        heldout([str(tmp_path / "missing")])

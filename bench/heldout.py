@@ -1,0 +1,76 @@
+"""Held-out success of finished runs, and of the warm start they began from, on more tasks than a run's own evaluations.
+
+A run's periodic evaluation (train.py ``evaluate``) plays ``--eval-tasks`` held-out tasks, 64 by
+default: one success rate then has a standard error of ~5 points, too coarse to tell a small gain
+or loss. This re-plays the final policy of each run (``RUN_DIR/policy``) and, with ``--warmstart``,
+the cached warm start of the first run's settings (the policy RL started from) on ``--tasks``
+held-out tasks (the same seeds and sampling keys as train.py's evaluations, so the first 64 tasks
+are the runs' own), at each ``--temperatures`` (0 = greedy), with the run's rollout settings.
+
+Run: ``python -m bench.heldout runs/sokoban-rloo-istar-s0 runs/sokoban-rloo-s0 --warmstart --tasks 256``
+Prints one line per (policy, temperature): successes / tasks, rate ± its binomial standard error,
+and the fraction of invalid actions.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from config import Config
+from model import load_model
+from train import env_factory, evaluate, resolve_device
+from warmstart import cache_dir, cached_warm_start
+
+
+def run_config(run_dir: Path, tasks: int, temperature: float) -> Config:
+    """The run's saved config with the evaluation's task count and temperature."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise SystemExit(f"bench.heldout: {run_dir} has no config.json (not a train.py run folder)")
+    return dataclasses.replace(Config(**json.loads(path.read_text())), eval_tasks=tasks, eval_temperature=temperature)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="run folders written by train.py (final policy in RUN/policy)")
+    p.add_argument("--tasks", type=int, default=256, help="held-out tasks per evaluation")
+    p.add_argument("--temperatures", default="0,0.4", help="comma-separated; 0 = greedy")
+    p.add_argument("--warmstart", action="store_true", help="also evaluate the cached warm start of the first run's settings")
+    args = p.parse_args(argv)
+    if args.tasks < 1:
+        raise SystemExit(f"bench.heldout --tasks: expected a positive integer, got {args.tasks}")
+    temps = [float(t) for t in args.temperatures.split(",")]
+    runs = [Path(r) for r in args.runs]
+    for r in runs:
+        if not (r / "policy").is_dir():
+            raise SystemExit(f"bench.heldout: {r}/policy not found (the run has not finished)")
+    cfg0 = run_config(runs[0], args.tasks, temps[0])
+    device = resolve_device(cfg0)
+    targets = []
+    if args.warmstart:
+        model, tok = load_model(str(runs[0] / "policy"), device)
+        if not (cache_dir(cfg0, tok) / "policy.pt").is_file():
+            raise SystemExit(f"bench.heldout --warmstart: no cached warm start for {runs[0]}'s settings under "
+                             f"{cfg0.out_dir}/.warmstart (run it from the folder the run was started in)")
+        cached_warm_start(model, tok, env_factory(cfg0), cfg0, device)  # loads the cached weights
+        targets.append(("warm start", runs[0], model, tok))
+    for r in runs:
+        model, tok = load_model(str(r / "policy"), device)
+        targets.append((r.name, r, model, tok))
+    for name, run_dir, model, tok in targets:
+        model.eval()
+        for temp in temps:
+            cfg = run_config(run_dir, args.tasks, temp)
+            key = "greedy" if temp == 0 else "sampled"
+            m = evaluate(model, tok, env_factory(cfg), cfg, device, modes=(key,))
+            rate = m[f"eval/success_{key}"]
+            se = math.sqrt(rate * (1 - rate) / args.tasks)
+            print(f"{name:32s} T={temp:<4g} success {round(rate * args.tasks):4d}/{args.tasks} = {rate:.3f} ± {se:.3f}"
+                  f"   invalid actions {m[f'eval/invalid_frac_{key}']:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
