@@ -52,6 +52,7 @@ class Batch:
     group_id: torch.Tensor  # (N,) int64 group of each trajectory (its index in task_seeds)
     step_env_reward: torch.Tensor  # (S,) float32
     step_valid: torch.Tensor  # (S,) bool
+    step_optimal: torch.Tensor  # (S,) int8 env's ground-truth step label: 1 good, 0 not, -1 unknown (credit.py)
     outcome: torch.Tensor  # (N,) float32 outcome reward R = episode return
     won: torch.Tensor  # (N,) bool
     score: torch.Tensor  # (N,) float32 env score of the final step
@@ -86,6 +87,7 @@ class Batch:
             traj_cu=_offsets(self.traj_cu[idx + 1] - self.traj_cu[idx]),
             group_cu=_runs(self.group_id[idx]), group_id=self.group_id[idx],
             step_env_reward=self.step_env_reward[steps], step_valid=self.step_valid[steps],
+            step_optimal=self.step_optimal[steps],
             outcome=self.outcome[idx], won=self.won[idx], score=self.score[idx],
             num_steps=self.num_steps[idx], task_seed=self.task_seed[idx])
 
@@ -110,6 +112,11 @@ def _runs(group_id: torch.Tensor) -> torch.Tensor:
     return _offsets(counts)
 
 
+def _labels(trajectories) -> torch.Tensor:
+    """(S,) int8 step labels; a trajectory built without them (tests, other envs) gets −1 (unknown)."""
+    return torch.tensor([x for t in trajectories for x in (t.step_optimal or [-1] * len(t.step_rewards))], dtype=torch.int8)
+
+
 def pack(trajectories: list[Trajectory], device=None, pad_id: int = 0) -> Batch:
     """Stack trajectories into a right-padded ``Batch`` (shape vocabulary in the module docstring)."""
     if not trajectories:
@@ -117,9 +124,11 @@ def pack(trajectories: list[Trajectory], device=None, pad_id: int = 0) -> Batch:
     rows, masks, row_counts = [], [], []
     for i, t in enumerate(trajectories):
         n_act = sum(sum(m) for m in t.action_masks)
-        if not (n_act == len(t.logp) == sum(t.step_lengths)) or len(t.step_lengths) != len(t.step_rewards):
+        if (not (n_act == len(t.logp) == sum(t.step_lengths)) or len(t.step_lengths) != len(t.step_rewards)
+                or (t.step_optimal and len(t.step_optimal) != len(t.step_rewards))):
             raise ValueError(f"pack: trajectory {i} is inconsistent: {n_act} masked tokens, {len(t.logp)} log-probs, "
-                             f"{sum(t.step_lengths)} step tokens, {len(t.step_rewards)} rewards")
+                             f"{sum(t.step_lengths)} step tokens, {len(t.step_rewards)} rewards, "
+                             f"{len(t.step_optimal)} step labels")
         rows += t.rows
         masks += t.action_masks
         row_counts.append(len(t.rows))
@@ -142,6 +151,7 @@ def pack(trajectories: list[Trajectory], device=None, pad_id: int = 0) -> Batch:
         old_logp=flat("logp", torch.float32), step_cu=_offsets(flat("step_lengths", torch.long)),
         traj_cu=_offsets(col("num_steps", torch.long)), group_cu=_runs(group_id), group_id=group_id,
         step_env_reward=flat("step_rewards", torch.float32), step_valid=flat("step_valid", torch.bool),
+        step_optimal=_labels(trajectories),
         outcome=col("outcome", torch.float32), won=col("won", torch.bool), score=col("score", torch.float32),
         num_steps=col("num_steps", torch.long), task_seed=col("task_seed", torch.long))
     return batch.to(device) if device is not None else batch

@@ -53,6 +53,7 @@ import torch
 import distributed
 from advantage import combined_advantage, episode_advantage, scale_step_rewards
 from batch import _ranges
+from credit import credit_stats
 from model import token_logprobs
 from prm import prime_ce_loss, preference_pairs, step_rewards, token_rewards, trajectory_dpo_loss, trajectory_scores
 
@@ -207,6 +208,7 @@ def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tupl
     mean, std = distributed.mean_std(episode_adv)
     stats = {"adv/episode_mean": mean, "adv/episode_std": std}
     if implicit_reward is None:  # the base algorithm alone: broadcast A^E to the tokens
+        stats.update(credit_stats(batch, episode_adv))  # ground-truth step credit, where the env labels steps
         tokens_per_traj = batch.step_cu[batch.traj_cu[1:]] - batch.step_cu[batch.traj_cu[:-1]]  # (N,)
         return torch.repeat_interleave(episode_adv, tokens_per_traj), stats
     r = implicit_reward
@@ -220,6 +222,12 @@ def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tupl
     token_adv, step_adv = combined_advantage(episode_adv, r, step_cu, traj_cu, batch.group_cu, cfg.step_adv_coef,
                                              impl=cfg.kernel_impl, standardise=not cfg.scale_step_rewards)  # E6-E7
     _check_finite("token advantage", token_adv)
+    if cfg.granularity == "token":
+        step_total = token_adv  # (T,) credit.py averages each step's tokens
+    else:
+        steps_per_traj = (batch.traj_cu[1:] - batch.traj_cu[:-1]).long()  # (N,)
+        step_total = torch.repeat_interleave(episode_adv, steps_per_traj) + cfg.step_adv_coef * step_adv  # (S,) E7 per step
+    stats.update(credit_stats(batch, episode_adv, implicit_reward, step_total, cfg.granularity))
     stats["adv/step_std"] = distributed.mean_std(step_adv)[1]
     stats["adv/token_std"] = distributed.mean_std(token_adv)[1]
     return token_adv, stats

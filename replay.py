@@ -5,7 +5,8 @@
 Loads the run's saved policy and PRM (train.py writes them to RUN_DIR/policy and RUN_DIR/prm at
 the end of a run), plays one held-out task greedily, and prints each step's action, env reward and
 implicit reward r_φ = β · Σ_k (log π_φ − log π_θ) over the action's tokens (paper Eq. 1, paper.md E1),
-with the policy itself as the reference. For Sokoban it also saves a PNG strip of the states with
+with the policy itself as the reference, and the env's ground-truth label of the step where it has
+one (Sokoban: "optimal move" = one step along a shortest solution; credit.py). For Sokoban it also saves a PNG strip of the states with
 r_φ above each frame (RUN_DIR/replay.png), so a reader can see which moves the PRM credits.
 """
 from __future__ import annotations
@@ -50,8 +51,11 @@ def replay_episode(run_dir: Path, cli_cfg: Config) -> list[dict]:
     print(f"{cfg.env} task seed {seed}: won={traj.won} return={traj.outcome:.2f}\n")
     print(traj.observations[0])
     for t, (action, obs) in enumerate(zip(traj.actions, traj.observations[1:])):
-        steps.append({"step": t + 1, "action": action, "env_reward": traj.step_rewards[t], "implicit_reward": r[t].item()})
-        print(f"\n--- step {t + 1}: {action!r}   env reward {traj.step_rewards[t]:+.2f}   r_phi {r[t].item():+.4f}")
+        label = {1: True, 0: False}.get(traj.step_optimal[t])  # the env's ground truth (credit.py); None = unknown
+        steps.append({"step": t + 1, "action": action, "env_reward": traj.step_rewards[t], "implicit_reward": r[t].item(),
+                      "optimal": label})
+        mark = "" if label is None else ("   optimal move" if label else "   not optimal")
+        print(f"\n--- step {t + 1}: {action!r}   env reward {traj.step_rewards[t]:+.2f}   r_phi {r[t].item():+.4f}{mark}")
         print(obs)
     (run_dir / "replay.json").write_text(json.dumps({"seed": seed, "won": traj.won, "steps": steps}, indent=1))
     if cfg.env == "sokoban":

@@ -96,6 +96,7 @@ class Trajectory:
     step_lengths: list[int] = field(default_factory=list)  # action tokens of each step
     step_rewards: list[float] = field(default_factory=list)  # env reward of each step
     step_valid: list[bool] = field(default_factory=list)
+    step_optimal: list[int] = field(default_factory=list)  # env's ground-truth label: 1 good, 0 not, -1 unknown
     actions: list[str] = field(default_factory=list)  # decoded action text of each step
     observations: list[str] = field(default_factory=list)  # obs 0 (reset) .. obs S (final)
     won: bool = False
@@ -291,6 +292,7 @@ def _run(cache, tokenizer, episodes, keys, stop_ids, budget, max_history_steps, 
             t.step_lengths.append(len(a_ids))
             t.step_rewards.append(reward)
             t.step_valid.append(bool(info.get("valid_action", False)))
+            t.step_optimal.append(-1 if info.get("optimal") is None else int(bool(info["optimal"])))
             t.actions.append(text)
             t.observations.append(obs)
             t.won, t.score = bool(info.get("won", False)), float(info.get("score", 0.0))

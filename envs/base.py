@@ -18,6 +18,9 @@ An environment is a text game played by a language model:
 * ``expert_action()`` returns the bare next correct action (no tag) from the current state;
   ``random_action(rng)`` returns a bare action of the right form chosen at random. Both are used
   for warm-start demonstrations and tests; wrap them with ``wrap_action``.
+* Optional ``info["optimal"]`` (True/False, None = unknown): a ground-truth label of the step's
+  credit where the env can compute one (Sokoban: the move took one step along a shortest
+  solution). Diagnostics only (credit.py); it never reaches the policy, the PRM or the rewards.
 """
 from __future__ import annotations
 
@@ -90,6 +93,7 @@ class Env:
             done = True
         info.setdefault("won", False)
         info.setdefault("score", 0.0)
+        info.setdefault("optimal", None)
         self.done = bool(done)
         return obs, float(reward), self.done, info
 

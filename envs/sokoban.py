@@ -57,6 +57,8 @@ Run ``python -m envs.sokoban`` to print a puzzle, play the expert, and time step
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from envs.base import Env
@@ -202,6 +204,55 @@ def solve(is_wall: tuple, width: int, targets: frozenset, player: int, boxes: fr
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def distance_map(is_wall: tuple, width: int, targets: frozenset, player: int, boxes: frozenset,
+                 max_states: int = 200_000) -> dict | None:
+    """Shortest solution length of every state reachable from (player, boxes): {(player, boxes): moves},
+    None for a dead end (no solution). Forward search enumerates the reachable states (the episode
+    ends on a solved state, so those are not expanded), then a backward breadth-first pass from the
+    solved states over the recorded moves gives each state its distance. Cached per level (a group's
+    G episodes share it); None (no map) when more than ``max_states`` states are reachable."""
+    deltas = (-width, width, -1, 1)
+    states, index, preds = [(player, boxes)], {(player, boxes): 0}, [[]]
+    k = 0
+    while k < len(states):
+        p, bx = states[k]
+        if bx != targets:
+            for d in deltas:
+                q = p + d
+                if is_wall[q]:
+                    continue
+                nb = bx
+                if q in bx:
+                    if is_wall[q + d] or q + d in bx:
+                        continue
+                    nb = (bx - {q}) | {q + d}
+                child = (q, nb)
+                if child not in index:
+                    if len(states) >= max_states:
+                        return None
+                    index[child] = len(states)
+                    states.append(child)
+                    preds.append([])
+                preds[index[child]].append(k)
+        k += 1
+    dist = [None] * len(states)
+    frontier = [i for i, (_, bx) in enumerate(states) if bx == targets]
+    for i in frontier:
+        dist[i] = 0
+    depth = 0
+    while frontier:
+        depth += 1
+        nxt = []
+        for i in frontier:
+            for j in preds[i]:
+                if dist[j] is None:
+                    dist[j] = depth
+                    nxt.append(j)
+        frontier = nxt
+    return dict(zip(states, dist))
+
+
 # -- the environment -------------------------------------------------------------------------------
 class SokobanEnv(Env):
     """Push every box onto a target within ``max_steps`` moves. See the module docstring."""
@@ -269,6 +320,7 @@ class SokobanEnv(Env):
     def _load(self, is_wall, h, w, targets, player, boxes) -> None:
         self._h, self._w, self._is_wall, self._targets = h, w, is_wall, targets
         self._player, self._boxes = player, boxes
+        self._start = (player, boxes)  # the key of the level's distance map (step_optimal)
         self._on_target = len(boxes & targets)
         # The fixed layer of the text grid; boxes and the player are drawn over a copy each step.
         self._base_cells = ["#" if is_wall[i] else ("O" if i in targets else "_") for i in range(h * w)]
@@ -302,8 +354,9 @@ class SokobanEnv(Env):
 
     def _step(self, action: str | None) -> tuple[str, float, bool, dict]:
         a = _ALIASES.get(action.lower()) if action is not None else None
+        before = (self._player, self._boxes)
         if a is None:  # no direction named: a no-op step (−0.1), and the base class subtracts the 0.1 penalty
-            return self._observation(), STEP_PENALTY, False, self._info(valid=False, won=False, moved=False)
+            return self._observation(), STEP_PENALTY, False, self._info(valid=False, won=False, moved=False, before=before)
         d = (-self._w, self._w, -1, 1)[a]
         p, q = self._player, self._player + d
         if not self._is_wall[q]:
@@ -323,12 +376,24 @@ class SokobanEnv(Env):
         won = on_target == len(self._targets)
         if won:
             reward += FINISHED
-        return self._observation(), reward, won, self._info(valid=True, won=won, moved=self._player != p)
+        return self._observation(), reward, won, self._info(valid=True, won=won, moved=self._player != p, before=before)
 
-    def _info(self, valid: bool, won: bool, moved: bool) -> dict:
+    def _info(self, valid: bool, won: bool, moved: bool, before: tuple) -> dict:
         # score: the fraction of boxes on targets (1.0 exactly when won).
         return {"valid_action": valid, "won": won, "moved": moved, "boxes_on_target": self._on_target,
-                "score": self._on_target / len(self._targets)}
+                "score": self._on_target / len(self._targets), "optimal": self.step_optimal(before)}
+
+    def step_optimal(self, before: tuple) -> bool | None:
+        """Ground-truth step credit: did the move from state ``before`` to the current state take one
+        step along a shortest solution (distance to solved −1)? None when ``before`` is a dead end
+        (no move helps) or the level has too many states to map. Diagnostics only (rollout.py records
+        it as ``step_optimal``; credit.py scores step rewards and advantages against it): neither the
+        policy nor the PRM ever sees it."""
+        dist = distance_map(self._is_wall, self._w, self._targets, *self._start)
+        if dist is None or dist.get(before) is None:
+            return None
+        after = dist.get((self._player, self._boxes))
+        return after is not None and after == dist[before] - 1
 
     # -- observations ---------------------------------------------------------------------------------
     def grid_text(self) -> str:

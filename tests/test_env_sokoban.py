@@ -256,3 +256,39 @@ def test_bad_render_scale_and_seed():
         env.render_rgb(scale=0)
     with pytest.raises(TypeError, match="seed"):
         env.reset(seed="1")
+
+
+# -- ground-truth step labels (info["optimal"], credit.py) --------------------------------------------------
+@settings(deadline=None, max_examples=20)
+@given(seed=seeds, walk_seed=st.integers(0, 2**32), expert_p=st.floats(0, 1))
+def test_optimal_label_is_one_step_along_a_shortest_solution(seed, walk_seed, expert_p):
+    """Along a random mix of expert and random moves, info["optimal"] is True exactly when the BFS
+    solution got one move shorter, None exactly in a dead end, and the expert's move is always True."""
+    env, rng = SokobanEnv(max_steps=30), np.random.default_rng(walk_seed)
+    env.reset(seed=seed)
+    while not env.done:
+        plan = env.solve()
+        expert = rng.random() < expert_p
+        move = env.expert_action() if expert else env.random_action(rng)
+        _, _, _, info = env.step(wrap_action(move))
+        if plan is None:
+            assert info["optimal"] is None
+            continue
+        after = env.solve()
+        assert info["optimal"] == (after is not None and len(after) == len(plan) - 1)
+        if expert:
+            assert info["optimal"] is True
+
+
+def test_optimal_labels_of_wall_bumps_invalid_text_and_dead_ends():
+    env = SokobanEnv()
+    env.set_level("# # # # # #\n# P X _ O #\n# _ _ _ _ #\n# # # # # #")
+    assert env.step(wrap_action("up"))[3]["optimal"] is False  # wall bump: no progress
+    assert env.step("no move here")[3]["optimal"] is False  # invalid: no progress
+    assert env.step(wrap_action("right"))[3]["optimal"] is True
+    env.set_level("# # # # # #\n# P _ _ O #\n# X _ _ _ #\n# # # # # #")  # the box sits in a corner: no solution
+    assert env.step(wrap_action("right"))[3]["optimal"] is None
+    for name in ("webshop", "sotopia"):  # envs without labels say None, never omit the key
+        other = make_env(name)
+        other.reset(seed=0)
+        assert other.step("<action>nothing</action>")[3]["optimal"] is None

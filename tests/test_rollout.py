@@ -46,7 +46,7 @@ class SayNumberEnv(Env):
         done = self.i == len(self.numbers)
         obs = "Done." if done else self._obs()
         return obs, float(right), done, {"valid_action": valid, "won": done and self.correct == self.i,
-                                         "score": self.correct / len(self.numbers)}
+                                         "score": self.correct / len(self.numbers), "optimal": right}
 
     def expert_action(self):
         return str(self.numbers[self.i])
@@ -145,6 +145,9 @@ def test_trained_model_plays_and_groups_are_contiguous(tok, trained, engine):
     # The early-ending episodes left the batch (an env stepped after done raises) and the format is learnt.
     assert all(a.endswith("</action>") for t in trajs for a in t.actions)
     assert np.mean([v for t in trajs for v in t.step_valid]) > 0.8
+    # The env's ground-truth step labels (credit.py) are recorded per step and packed in step order.
+    assert [t.step_optimal for t in trajs] == [[int(r) for r in t.step_rewards] for t in trajs]
+    assert batch.step_optimal.tolist() == [int(r) for t in trajs for r in t.step_rewards]
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -38,6 +38,7 @@ def test_cli_smoke_run_two_iterations_with_finite_metrics(tmp_path):
     for r in got[1:]:
         for key in ("env/success", "env/return", "policy/pg_loss", "policy/entropy", "policy/approx_kl", "adv/episode_std", "perf/tokens_per_s"):
             assert math.isfinite(r[key]), (key, r[key])
+        assert 0 <= r["credit/optimal_frac"] <= 1  # Sokoban labels its steps (credit.py)
     for name in ("checkpoint.pt", "policy/config.json", "prm/config.json", "summary.json", "config.json"):
         assert (tmp_path / "smoke" / name).exists(), name
 
@@ -96,6 +97,7 @@ def test_plot_and_show(tmp_path):
 
     steps = replay_episode(tmp_path / "viz", cfg)
     assert steps and all(math.isfinite(s["implicit_reward"]) for s in steps)
+    assert all(s["optimal"] in (True, False, None) for s in steps)
     assert (tmp_path / "viz" / "replay.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,0 +1,104 @@
+"""Does the implicit PRM learn step credit from trajectory preferences alone? A fixed-policy probe.
+
+iStar's PRM (paper.md E1-E3; paper Eq. 1-2) only ever sees which trajectory of a group did better,
+yet its rewards r_φ = β·Σ_k (log π_φ − log π_θold) are meant to say which *steps* were good. This
+probe tests that in isolation, with the policy held fixed (so π_θold is the same for every batch and
+r_φ has no policy-drift term):
+
+1. Roll out ``--batches`` batches of N × G episodes with the warm-started policy (the one train.py
+   with the same flags starts RL from). The last batch is held out.
+2. For each PRM learning rate: a fresh PRM (a copy of the policy, paper.md E3) takes one
+   ``istar.update_prm`` DPO step per training batch, ``--epochs`` passes over them.
+3. After every pass, on the held-out batch: DPO pair accuracy and margin, and the AUC of r_φ against
+   the env's ground-truth step labels (credit.py: ``credit/prm_auc``; Sokoban labels a move good
+   when it takes one step along a shortest solution), plus ``credit/adv_auc`` of the combined
+   advantage A^E + α·A^S (E7) next to ``credit/episode_auc`` of A^E alone.
+
+AUC 0.5 is chance. iStar's step term helps credit assignment where adv_auc > episode_auc.
+
+Run: ``python -m bench.prm_probe --batches 6 --epochs 4 --prm-lrs 2e-4,1e-3 -- --env sokoban
+--tasks-per-iter 8 --warmstart-episodes 800`` (flags after ``--`` are train.py's).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from config import parse_config
+from istar import compute_advantages, recompute_old_logp, score_with_prm, update_prm
+from prm import preference_pairs, trajectory_dpo_loss, trajectory_scores
+from rollout import pack, rollout
+from train import build_models, env_factory, resolve_device, rollout_kwargs
+from warmstart import cached_warm_start
+
+
+def held_out_stats(prm, batch, old_logp, cfg) -> dict:
+    """DPO pair accuracy/margin and the credit/* AUCs of a PRM on a batch it was not trained on."""
+    reward = score_with_prm(prm, batch, old_logp, cfg)  # (S,) E1
+    q = trajectory_scores(reward, batch.traj_cu, cfg.q_reduce)  # (N,) E2
+    _, dpo = trajectory_dpo_loss(q, preference_pairs(batch.won, batch.outcome, batch.group_cu, cfg.pair_rule))  # E3
+    _, adv = compute_advantages(batch, reward, cfg)  # E5-E7, with the credit/* stats
+    return {"acc": dpo["prm/acc"], "margin": dpo["prm/margin"], "pairs": dpo["prm/num_pairs"],
+            **{k.split("/")[1]: v for k, v in adv.items() if k.startswith("credit/")}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Flags after -- go to train.py's config.")
+    p.add_argument("--batches", type=int, default=6, help="rollout batches; the last one is held out (>= 2)")
+    p.add_argument("--epochs", type=int, default=4, help="passes over the training batches")
+    p.add_argument("--prm-lrs", default="2e-4,1e-3", help="comma-separated PRM learning rates, each from the same start")
+    args = p.parse_args(own)
+    if args.batches < 2 or args.epochs < 1:
+        raise ValueError(f"--batches must be >= 2 and --epochs >= 1, got {args.batches}, {args.epochs}")
+    cfg, _ = parse_config(["--tasks-per-iter", "8", "--group-size", "8", *train_args])
+    device = resolve_device(cfg)
+    make = env_factory(cfg)
+    torch.manual_seed(cfg.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer, policy, _, _, _ = build_models(cfg, make, device, Path(tmp))
+    if not cfg.model:
+        print(f"warm start: {cached_warm_start(policy, tokenizer, make, cfg, device)}")
+    policy.eval()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches, t0 = [], time.time()
+    for k in range(args.batches):
+        seeds = torch.randint(0, 2**31, (cfg.tasks_per_iter,), generator=gen).tolist()
+        with torch.no_grad():
+            trajs = rollout(policy, tokenizer, make, seeds, cfg.group_size, temperature=cfg.temperature,
+                            seed=cfg.seed + k, **rollout_kwargs(cfg, device))
+        batch = pack(trajs, device, tokenizer.pad_token_id)
+        batches.append((batch, recompute_old_logp(policy, batch, cfg)))
+    won = sum(int(b.won.sum()) for b, _ in batches)
+    n = sum(b.num_traj for b, _ in batches)
+    print(f"{args.batches} batches of {cfg.tasks_per_iter}x{cfg.group_size} episodes ({won}/{n} won) in {time.time() - t0:.0f} s; "
+          f"the last is held out; beta {cfg.beta}, Q = {cfg.q_reduce}, pairs = {cfg.pair_rule}")
+    train, (held, held_old) = batches[:-1], batches[-1]
+    cols = ["acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc"]
+    for lr in [float(x) for x in args.prm_lrs.split(",")]:
+        prm = copy.deepcopy(policy)  # π_φ starts as the policy (paper.md E3)
+        prm.train()
+        opt = torch.optim.AdamW(prm.parameters(), lr=lr, weight_decay=0.0)
+        print(f"\nPRM lr {lr:g}: held-out batch after each pass ({held_out_stats(prm, held, held_old, cfg)['pairs']} pairs)")
+        print("pass  train_acc  " + "  ".join(f"{c:>12}" for c in cols))
+        for epoch in range(args.epochs + 1):
+            fit = []
+            if epoch > 0:  # pass 0: the untrained PRM (r_φ = 0 everywhere: every AUC is ties, 0.5)
+                for batch, old_logp in train:
+                    _, stats = update_prm(prm, opt, batch, old_logp, cfg)  # one DPO step (E3)
+                    if stats["prm/num_pairs"]:
+                        fit.append(stats["prm/acc"])  # accuracy before this step, on this batch
+            s = held_out_stats(prm, held, held_old, cfg)
+            train_acc = f"{sum(fit) / len(fit):9.3f}" if fit else "        -"
+            print(f"{epoch:4d}  {train_acc}  " + "  ".join(f"{s.get(c, float('nan')):12.4f}" for c in cols), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""credit.py: the within-group AUC against a brute-force count, and the credit/* metrics."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from credit import credit_stats, within_group_auc
+from rollout import Trajectory, pack
+
+
+def brute_auc(score, label, group):
+    wins = pairs = 0.0
+    for i in range(len(score)):
+        for j in range(len(score)):
+            if label[i] == 1 and label[j] == 0 and group[i] == group[j]:
+                pairs += 1
+                wins += 1.0 if score[i] > score[j] else 0.5 if score[i] == score[j] else 0.0
+    return wins, int(pairs)
+
+
+steps = st.lists(st.tuples(st.integers(-3, 3).map(lambda x: x / 2), st.integers(-1, 1), st.integers(0, 3)), max_size=60)
+
+
+@settings(deadline=None, max_examples=200)
+@given(steps=steps, shift=st.floats(-100, 100))
+def test_within_group_auc_equals_the_brute_force_count_and_ignores_other_groups(steps, shift):
+    score, label, group = (list(x) for x in zip(*steps)) if steps else ([], [], [])
+    t = lambda x, dt: torch.tensor(x, dtype=dt)  # noqa: E731
+    wins, pairs = within_group_auc(t(score, torch.float32), t(label, torch.int8), t(group, torch.long))
+    ref_wins, ref_pairs = brute_auc(score, label, group)
+    assert pairs == ref_pairs and wins == pytest.approx(ref_wins)
+    # shifting one group's scores changes nothing: steps of different groups are never compared
+    moved = [s + shift if g == 0 else s for s, g in zip(score, group)]
+    assert within_group_auc(t(moved, torch.float32), t(label, torch.int8), t(group, torch.long))[1] == pairs
+
+
+def _batch(labels_per_traj, groups):
+    trajs = []
+    for labels, g in zip(labels_per_traj, groups):
+        n = len(labels)
+        trajs.append(Trajectory(task_seed=g, group_id=g, rows=[[1] * (2 * n + 1)], action_masks=[[False] + [True] * (2 * n)],
+                                logp=[0.0] * (2 * n), step_lengths=[2] * n, step_rewards=[0.0] * n,
+                                step_valid=[True] * n, step_optimal=labels))
+    return pack(trajs)
+
+
+def test_credit_stats_of_perfect_noisy_and_unlabelled_step_scores():
+    batch = _batch([[1, 1, 0], [0, 0], [1, 0], [1, -1]], groups=[0, 0, 1, 1])
+    label = batch.step_optimal.float()  # (S,)
+    episode_adv = torch.tensor([1.0, -1.0, 0.0, 0.0])  # group 0: the better trajectory has more good steps
+    base = credit_stats(batch, episode_adv)
+    assert base["credit/optimal_frac"] == pytest.approx(4 / 8)
+    assert base["credit/adv_auc"] == base["credit/episode_auc"] and "credit/prm_auc" not in base
+    # episode credit: group 0 pairs (2 good x 3 bad): good of traj 0 beat traj 1's bad (4 wins), tie with its own (2 x ½);
+    # group 1 (2 good x 1 bad): all tied -> 1
+    assert base["credit/episode_auc"] == pytest.approx((4 + 1 + 1) / 8)
+    perfect = credit_stats(batch, episode_adv, implicit_reward=label, step_total_adv=label)
+    assert perfect["credit/prm_auc"] == 1.0 and perfect["credit/adv_auc"] == 1.0
+    inverted = credit_stats(batch, episode_adv, implicit_reward=-label, step_total_adv=-label)
+    assert inverted["credit/prm_auc"] == 0.0
+    unlabelled = _batch([[-1, -1], [-1]], groups=[0, 0])
+    assert credit_stats(unlabelled, torch.zeros(2)) == {}
+
+
+def test_token_granularity_sums_rewards_and_averages_advantages_per_step():
+    batch = _batch([[1, 0]], groups=[0])  # two steps of two tokens each
+    token_r = torch.tensor([3.0, -2.0, 0.5, 0.0])  # step sums 1.0 (good) and 0.5 (bad): good wins
+    token_a = torch.tensor([0.0, 0.0, 1.0, -0.5])  # step means 0 (good) and 0.25 (bad): bad wins
+    stats = credit_stats(batch, torch.zeros(1), token_r, token_a, granularity="token")
+    assert stats["credit/prm_auc"] == 1.0 and stats["credit/adv_auc"] == 0.0
+
+
+def test_within_group_auc_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="within_group_auc"):
+        within_group_auc(torch.zeros(3), torch.zeros(2, dtype=torch.int8), torch.zeros(3, dtype=torch.long))
