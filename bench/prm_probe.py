@@ -48,17 +48,8 @@ def held_out_stats(prm, batch, old_logp, cfg) -> dict:
             **{k.split("/")[1]: v for k, v in adv.items() if k.startswith("credit/")}}
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Flags after -- go to train.py's config.")
-    p.add_argument("--batches", type=int, default=6, help="rollout batches; the last one is held out (>= 2)")
-    p.add_argument("--epochs", type=int, default=4, help="passes over the training batches")
-    p.add_argument("--prm-lrs", default="2e-4,1e-3", help="comma-separated PRM learning rates, each from the same start")
-    args = p.parse_args(own)
-    if args.batches < 2 or args.epochs < 1:
-        raise ValueError(f"--batches must be >= 2 and --epochs >= 1, got {args.batches}, {args.epochs}")
-    cfg, _ = parse_config(["--tasks-per-iter", "8", "--group-size", "8", *train_args])
+def collect(cfg, num_batches: int):
+    """The warm-started policy and ``num_batches`` rollout batches of it, each with its old log-probs."""
     device = resolve_device(cfg)
     make = env_factory(cfg)
     torch.manual_seed(cfg.seed)
@@ -67,37 +58,62 @@ def main(argv: list[str] | None = None) -> None:
     if not cfg.model:
         print(f"warm start: {cached_warm_start(policy, tokenizer, make, cfg, device)}")
     policy.eval()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    batches, t0 = [], time.time()
-    for k in range(args.batches):
+    gen, batches = torch.Generator().manual_seed(cfg.seed), []
+    for k in range(num_batches):
         seeds = torch.randint(0, 2**31, (cfg.tasks_per_iter,), generator=gen).tolist()
         with torch.no_grad():
             trajs = rollout(policy, tokenizer, make, seeds, cfg.group_size, temperature=cfg.temperature,
                             seed=cfg.seed + k, **rollout_kwargs(cfg, device))
         batch = pack(trajs, device, tokenizer.pad_token_id)
         batches.append((batch, recompute_old_logp(policy, batch, cfg)))
-    won = sum(int(b.won.sum()) for b, _ in batches)
-    n = sum(b.num_traj for b, _ in batches)
+    return policy, batches
+
+
+def probe(policy, batches, cfg, prm_lr: float, epochs: int) -> list[dict]:
+    """A fresh PRM trained on every batch but the last, ``epochs`` passes; one row of held-out stats per
+    pass (pass 0: the untrained PRM, r_φ = 0 everywhere, so every AUC is all ties: 0.5)."""
+    prm = copy.deepcopy(policy)  # π_φ starts as the policy (paper.md E3)
+    prm.train()
+    opt = torch.optim.AdamW(prm.parameters(), lr=prm_lr, weight_decay=0.0)
+    train, (held, held_old) = batches[:-1], batches[-1]
+    rows = []
+    for epoch in range(epochs + 1):
+        fit = []
+        if epoch > 0:
+            for batch, old_logp in train:
+                _, stats = update_prm(prm, opt, batch, old_logp, cfg)  # one DPO step (E3)
+                if stats["prm/num_pairs"]:
+                    fit.append(stats["prm/acc"])  # accuracy before this step, on this batch
+        rows.append({"pass": epoch, "train_acc": sum(fit) / len(fit) if fit else float("nan"),
+                     **held_out_stats(prm, held, held_old, cfg)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Flags after -- go to train.py's config.")
+    p.add_argument("--batches", type=int, default=6, help="rollout batches; the last one is held out (>= 2)")
+    p.add_argument("--epochs", type=int, default=4, help="passes over the training batches")
+    p.add_argument("--prm-lrs", default="2e-4,1e-3", help="comma-separated PRM learning rates, each from the same start")
+    args = p.parse_args(own)
+    if args.batches < 2 or args.epochs < 1:
+        raise SystemExit(f"--batches must be >= 2 and --epochs >= 1, got {args.batches}, {args.epochs}")
+    cfg, _ = parse_config(["--tasks-per-iter", "8", "--group-size", "8", *train_args])
+    t0 = time.time()
+    policy, batches = collect(cfg, args.batches)
+    won, n = sum(int(b.won.sum()) for b, _ in batches), sum(b.num_traj for b, _ in batches)
     print(f"{args.batches} batches of {cfg.tasks_per_iter}x{cfg.group_size} episodes ({won}/{n} won) in {time.time() - t0:.0f} s; "
           f"the last is held out; beta {cfg.beta}, Q = {cfg.q_reduce}, pairs = {cfg.pair_rule}")
-    train, (held, held_old) = batches[:-1], batches[-1]
-    cols = ["acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc"]
+    cols = ["train_acc", "acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc"]
+    out = {}
     for lr in [float(x) for x in args.prm_lrs.split(",")]:
-        prm = copy.deepcopy(policy)  # π_φ starts as the policy (paper.md E3)
-        prm.train()
-        opt = torch.optim.AdamW(prm.parameters(), lr=lr, weight_decay=0.0)
-        print(f"\nPRM lr {lr:g}: held-out batch after each pass ({held_out_stats(prm, held, held_old, cfg)['pairs']} pairs)")
-        print("pass  train_acc  " + "  ".join(f"{c:>12}" for c in cols))
-        for epoch in range(args.epochs + 1):
-            fit = []
-            if epoch > 0:  # pass 0: the untrained PRM (r_φ = 0 everywhere: every AUC is ties, 0.5)
-                for batch, old_logp in train:
-                    _, stats = update_prm(prm, opt, batch, old_logp, cfg)  # one DPO step (E3)
-                    if stats["prm/num_pairs"]:
-                        fit.append(stats["prm/acc"])  # accuracy before this step, on this batch
-            s = held_out_stats(prm, held, held_old, cfg)
-            train_acc = f"{sum(fit) / len(fit):9.3f}" if fit else "        -"
-            print(f"{epoch:4d}  {train_acc}  " + "  ".join(f"{s.get(c, float('nan')):12.4f}" for c in cols), flush=True)
+        rows = out[lr] = probe(policy, batches, cfg, lr, args.epochs)
+        print(f"\nPRM lr {lr:g}: held-out batch ({rows[0]['pairs']} pairs) after each pass; train_acc = on each batch before its step")
+        print("pass  " + "  ".join(f"{c:>12}" for c in cols))
+        for r in rows:
+            print(f"{r['pass']:4d}  " + "  ".join(f"{r.get(c, float('nan')):12.4f}" for c in cols), flush=True)
+    return out
 
 
 if __name__ == "__main__":

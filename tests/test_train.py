@@ -192,3 +192,4 @@ def test_heldout_replays_the_runs_own_evaluations(tmp_path, capsys):
     assert len({line.split("invalid actions")[1] for line in lines}) > 1  # the fractions tell the policies apart
     with pytest.raises(SystemExit, match="policy not found"):
         heldout([str(tmp_path / "missing")])
+
