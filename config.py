@@ -57,6 +57,7 @@ class Config:
     # --- advantage (paper.md E5-E7) -------------------------------------------------------
     algo: str = knob("rloo", "base algorithm of the episode advantage (paper: RLOO w/ iStar)", "advantage", ["rloo", "grpo", "reinforce++"])
     step_adv_coef: float = knob(1.0, "α: weight of the step-level advantage, paper Eq. 5 (paper: 1.0)", "advantage")
+    step_reward_source: str = knob("prm", "where the step rewards r of E6 come from: prm = the implicit PRM (iStar) | oracle = the env's ground-truth step labels (1 good, 0 not; credit.py), a diagnostic upper bound on step credit, not iStar (Sokoban only; the PRM is not trained)", "advantage", ["prm", "oracle"])
     # --- policy / PPO (paper.md E8) -------------------------------------------------------
     lr: float = knob(0.0, "policy AdamW learning rate; 0 = auto: 1e-4 for the locally built model (3e-4 can wreck it in one iteration: python -m bench.lr_probe, README Results), 5e-7 with --model (paper, 7B)", "policy")
     clip_eps: float = knob(0.2, "PPO clip ε (paper: 0.2)", "policy")
@@ -172,5 +173,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--top-p must be in (0, 1] and --temperature >= 0, got {cfg.top_p}, {cfg.temperature}")
     if cfg.minibatches > cfg.tasks_per_iter * cfg.group_size:
         raise ValueError(f"--minibatches: {cfg.minibatches} is more than the {cfg.tasks_per_iter * cfg.group_size} trajectories of a batch")
+    if cfg.step_reward_source == "oracle" and (cfg.env != "sokoban" or not cfg.istar or cfg.granularity != "step"):
+        raise ValueError("--step-reward-source oracle: needs --env sokoban (the env that labels its steps), iStar on and "
+                         f"--granularity step; got env={cfg.env}, istar={cfg.istar}, granularity={cfg.granularity}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ValueError(f"--device: expected auto, cpu, cuda or cuda:K, got {cfg.device!r}")

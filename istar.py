@@ -34,6 +34,9 @@ Deviations from the paper:
      Σ_i A_i·steps_i, which is negative whenever failed episodes are longer than won ones (Sokoban).
   3) Several minibatches per batch (each an optimiser step), not the paper's 64 step-samples:
      our samples are whole trajectories.
+  3b) `step_reward_source="oracle"` (diagnostic, not the paper): the env's ground-truth step labels
+     (credit.py) stand in for r_φ in E6 and the PRM is not trained: an upper bound on what step-level
+     credit can add to the base algorithm with this policy and budget.
   4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar,
      and the token rewards go through the same group standardisation as step rewards (each token
      its own segment), so the two differ only in the granularity of the reward and the PRM's loss.
@@ -359,7 +362,9 @@ def istar_update(policy, prm, policy_opt, prm_opt, batch, cfg, ref_policy=None, 
     old_logp = recompute_old_logp(policy, batch, cfg)  # (T,)
     stats: dict = {}
     implicit_reward = None
-    if cfg.istar:
+    if cfg.istar and cfg.step_reward_source == "oracle":  # diagnostic: ground-truth step labels replace r_φ
+        implicit_reward = (batch.step_optimal == 1).float()  # (S,) 1 good, 0 not good or unlabelled (dead end)
+    elif cfg.istar:
         implicit_reward, prm_stats = update_prm(prm, prm_opt, batch, old_logp, cfg)  # E1-E3
         stats.update(prm_stats)
     token_adv, adv_stats = compute_advantages(batch, implicit_reward, cfg)  # E5-E7

@@ -112,6 +112,25 @@ def test_alpha_zero_and_no_istar_give_the_base_algorithm(setup):
     assert a_tok.shape == base.shape and torch.isfinite(a_tok).all() and stats["adv/step_std"] > 0
 
 
+def test_oracle_step_rewards_are_the_labels_and_leave_the_prm_alone(setup):
+    """--step-reward-source oracle (a diagnostic): r = 1 for labelled-good steps, 0 otherwise (unlabelled
+    too), through the same E6-E7 path; the PRM takes no step; its credit AUC is then perfect."""
+    tok, policy, batch = setup
+    labelled = copy.copy(batch)
+    labelled.step_optimal = torch.tensor([1, 0, -1] * batch.num_steps.sum().item(), dtype=torch.int8)[:batch.step_cu.numel() - 1]
+    policy, prm = copy.deepcopy(policy), copy.deepcopy(policy)
+    prm_before = [p.detach().clone() for p in prm.parameters()]
+    popt, ropt = torch.optim.AdamW(policy.parameters(), lr=1e-3), torch.optim.AdamW(prm.parameters(), lr=1e-3)
+    cfg = cfg_for(step_reward_source="oracle")
+    _, want_stats = compute_advantages(labelled, (labelled.step_optimal == 1).float(), cfg)
+    stats = istar_update(policy, prm, popt, ropt, labelled, cfg, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(prm_before, prm.parameters())) and "prm/dpo_loss" not in stats
+    assert stats["credit/prm_auc"] == 1.0 and stats["adv/step_std"] == want_stats["adv/step_std"]
+    with pytest.raises(ValueError, match="--step-reward-source oracle"):
+        from config import validate
+        validate(cfg_for(step_reward_source="oracle", env="webshop"))
+
+
 @st.composite
 def ppo_case(draw):
     lens = draw(st.lists(st.integers(1, 5), min_size=1, max_size=8))
