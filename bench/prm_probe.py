@@ -12,7 +12,8 @@ r_φ has no policy-drift term):
 3. After every pass, on the held-out batch: DPO pair accuracy and margin, and the AUC of r_φ against
    the env's ground-truth step labels (credit.py: ``credit/prm_auc``; Sokoban labels a move good
    when it takes one step along a shortest solution), plus ``credit/adv_auc`` of the combined
-   advantage A^E + α·A^S (E7) next to ``credit/episode_auc`` of A^E alone.
+   advantage A^E + α·A^S (E7) next to ``credit/episode_auc`` of A^E alone; and what r_φ follows:
+   its within-group correlation with the action's log π_θold and with the step's index.
 
 AUC 0.5 is chance. iStar's step term helps credit assignment where adv_auc > episode_auc.
 
@@ -38,14 +39,32 @@ from train import build_models, env_factory, resolve_device, rollout_kwargs
 from warmstart import cached_warm_start
 
 
+def _within_group_corr(x: torch.Tensor, y: torch.Tensor, group: torch.Tensor) -> float:
+    """Pearson correlation of x and y (S,) after subtracting each group's mean from both."""
+    def centre(v):
+        v = v.double()
+        mean = torch.zeros(int(group.max()) + 1, dtype=v.dtype).index_add_(0, group, v) / torch.bincount(group).clamp(min=1)
+        return v - mean[group]
+    x, y = centre(x), centre(y)
+    return float((x * y).sum() / (x.norm() * y.norm()).clamp(min=1e-12))
+
+
 def held_out_stats(prm, batch, old_logp, cfg) -> dict:
-    """DPO pair accuracy/margin and the credit/* AUCs of a PRM on a batch it was not trained on."""
+    """DPO pair accuracy/margin, the credit/* AUCs of a PRM on a batch it was not trained on, and what
+    its step rewards follow: within-group correlation of r_φ with the step's log π_θold (Σ over its
+    tokens) and with its index in the episode."""
     reward = score_with_prm(prm, batch, old_logp, cfg)  # (S,) E1
     q = trajectory_scores(reward, batch.traj_cu, cfg.q_reduce)  # (N,) E2
     _, dpo = trajectory_dpo_loss(q, preference_pairs(batch.won, batch.outcome, batch.group_cu, cfg.pair_rule))  # E3
     _, adv = compute_advantages(batch, reward, cfg)  # E5-E7, with the credit/* stats
+    steps = batch.num_steps.long()  # (N,)
+    group = torch.repeat_interleave(batch.group_id - batch.group_id.min(), steps)  # (S,)
+    index = torch.arange(int(steps.sum())) - torch.repeat_interleave(batch.traj_cu[:-1], steps)  # (S,) 0, 1, ... per episode
+    step_old = trajectory_scores(old_logp, batch.step_cu, "sum")  # (S,) log π_θold of each whole action
     return {"acc": dpo["prm/acc"], "margin": dpo["prm/margin"], "pairs": dpo["prm/num_pairs"],
-            **{k.split("/")[1]: v for k, v in adv.items() if k.startswith("credit/")}}
+            **{k.split("/")[1]: v for k, v in adv.items() if k.startswith("credit/")},
+            "corr_old_logp": _within_group_corr(reward, step_old, group),
+            "corr_step_index": _within_group_corr(reward, index.to(reward.dtype), group)}
 
 
 def collect(cfg, num_batches: int):
@@ -105,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     won, n = sum(int(b.won.sum()) for b, _ in batches), sum(b.num_traj for b, _ in batches)
     print(f"{args.batches} batches of {cfg.tasks_per_iter}x{cfg.group_size} episodes ({won}/{n} won) in {time.time() - t0:.0f} s; "
           f"the last is held out; beta {cfg.beta}, Q = {cfg.q_reduce}, pairs = {cfg.pair_rule}")
-    cols = ["train_acc", "acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc"]
+    cols = ["train_acc", "acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc", "corr_old_logp", "corr_step_index"]
     out = {}
     for lr in [float(x) for x in args.prm_lrs.split(",")]:
         rows = out[lr] = probe(policy, batches, cfg, lr, args.epochs)

@@ -103,3 +103,18 @@ def test_prm_probe_learns_credit_that_follows_the_preferences():
     assert [r["pass"] for r in rows] == [0, 1, 2, 3] and rows[0]["prm_auc"] == 0.5
     assert rows[-1]["acc"] == 1.0 and rows[-1]["prm_auc"] > 0.7
     assert rows[-1]["episode_auc"] == 1.0  # here A^E alone already separates the labels perfectly
+
+
+@settings(deadline=None, max_examples=50)
+@given(values=st.lists(st.tuples(st.floats(-5, 5), st.integers(0, 3)), min_size=3, max_size=30), shift=st.floats(-50, 50))
+def test_prm_probe_correlation_is_within_groups(values, shift):
+    from bench.prm_probe import _within_group_corr
+    x = torch.tensor([v for v, _ in values], dtype=torch.float64)
+    group = torch.tensor([g for _, g in values])
+    centred = x - torch.stack([x[group == g].mean() for g in group.tolist()])
+    if centred.norm() < 1e-6:
+        return
+    assert _within_group_corr(x, x, group) == pytest.approx(1.0)
+    assert _within_group_corr(x, -x, group) == pytest.approx(-1.0)
+    # a constant per group is no signal: adding one to a group changes nothing
+    assert _within_group_corr(x + shift * (group == 0), x, group) == pytest.approx(1.0)
