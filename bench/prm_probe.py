@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import json
+import os
 import sys
 import tempfile
 import time
@@ -49,6 +52,15 @@ def _within_group_corr(x: torch.Tensor, y: torch.Tensor, group: torch.Tensor) ->
     return float((x * y).sum() / (x.norm() * y.norm()).clamp(min=1e-12))
 
 
+# Config fields that do not change the rollouts (PRM and update settings): a cache made under other
+# values of these is still valid.
+_NOT_ROLLOUT = {"beta", "prm_lr", "prm_grad_clip", "q_reduce", "pair_rule", "prm_order", "granularity", "scale_step_rewards",
+                "algo", "step_adv_coef", "step_reward_source", "lr", "clip_eps", "dual_clip", "ratio_level", "loss_agg",
+                "ppo_epochs", "minibatches", "micro_batch", "micro_batch_tokens", "entropy_coef", "kl_coef", "grad_clip",
+                "kernels", "iterations", "max_env_steps", "run_name", "eval_every", "eval_tasks", "eval_temperature",
+                "save_every", "tensorboard", "istar", "out_dir", "fsdp"}
+
+
 def held_out_stats(prm, batch, old_logp, cfg) -> dict:
     """DPO pair accuracy/margin, the credit/* AUCs of a PRM on a batch it was not trained on, and what
     its step rewards follow: within-group correlation of r_φ with the step's log π_θold (Σ over its
@@ -67,8 +79,12 @@ def held_out_stats(prm, batch, old_logp, cfg) -> dict:
             "corr_step_index": _within_group_corr(reward, index.to(reward.dtype), group)}
 
 
-def collect(cfg, num_batches: int):
-    """The warm-started policy and ``num_batches`` rollout batches of it, each with its old log-probs."""
+def collect(cfg, num_batches: int, cache: str | None = None):
+    """The warm-started policy and ``num_batches`` rollout batches of it, each with its old log-probs.
+    With ``cache``, the batches are loaded from that file when it holds the same rollout settings,
+    else rolled out and saved there (so probes of several PRM settings see the same episodes)."""
+    key = json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_ROLLOUT} | {"batches": num_batches},
+                     sort_keys=True)
     device = resolve_device(cfg)
     make = env_factory(cfg)
     torch.manual_seed(cfg.seed)
@@ -77,6 +93,12 @@ def collect(cfg, num_batches: int):
     if not cfg.model:
         print(f"warm start: {cached_warm_start(policy, tokenizer, make, cfg, device)}")
     policy.eval()
+    if cache and Path(cache).is_file():
+        saved = torch.load(cache, weights_only=False)
+        if saved["key"] == key:
+            print(f"batches loaded from {cache}")
+            return policy, [(b.to(device), lp.to(device)) for b, lp in saved["batches"]]
+        print(f"{cache} holds other rollout settings: rolling out again")
     gen, batches = torch.Generator().manual_seed(cfg.seed), []
     for k in range(num_batches):
         seeds = torch.randint(0, 2**31, (cfg.tasks_per_iter,), generator=gen).tolist()
@@ -85,6 +107,10 @@ def collect(cfg, num_batches: int):
                             seed=cfg.seed + k, **rollout_kwargs(cfg, device))
         batch = pack(trajs, device, tokenizer.pad_token_id)
         batches.append((batch, recompute_old_logp(policy, batch, cfg)))
+    if cache:
+        tmp = Path(cache).with_suffix(".tmp")
+        torch.save({"key": key, "batches": [(b.to("cpu"), lp.cpu()) for b, lp in batches]}, tmp)
+        os.replace(tmp, cache)  # atomic
     return policy, batches
 
 
@@ -115,12 +141,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", type=int, default=6, help="rollout batches; the last one is held out (>= 2)")
     p.add_argument("--epochs", type=int, default=4, help="passes over the training batches")
     p.add_argument("--prm-lrs", default="2e-4,1e-3", help="comma-separated PRM learning rates, each from the same start")
+    p.add_argument("--cache", default=None, help="file to load the rollout batches from, or save them to (same rollout settings)")
     args = p.parse_args(own)
     if args.batches < 2 or args.epochs < 1:
         raise SystemExit(f"--batches must be >= 2 and --epochs >= 1, got {args.batches}, {args.epochs}")
     cfg, _ = parse_config(["--tasks-per-iter", "8", "--group-size", "8", *train_args])
     t0 = time.time()
-    policy, batches = collect(cfg, args.batches)
+    policy, batches = collect(cfg, args.batches, args.cache)
     won, n = sum(int(b.won.sum()) for b, _ in batches), sum(b.num_traj for b, _ in batches)
     print(f"{args.batches} batches of {cfg.tasks_per_iter}x{cfg.group_size} episodes ({won}/{n} won) in {time.time() - t0:.0f} s; "
           f"the last is held out; beta {cfg.beta}, Q = {cfg.q_reduce}, pairs = {cfg.pair_rule}")

@@ -193,3 +193,19 @@ def test_heldout_replays_the_runs_own_evaluations(tmp_path, capsys):
     with pytest.raises(SystemExit, match="policy not found"):
         heldout([str(tmp_path / "missing")])
 
+
+
+def test_prm_probe_cache_gives_the_same_batches(tmp_path, capsys):
+    """bench.prm_probe --cache: the second call loads the first call's rollouts (same settings) and
+    reports the same numbers; a PRM-only setting (--q-reduce) does not invalidate the cache."""
+    from bench.prm_probe import main as prm_probe
+    argv = ["--batches", "2", "--epochs", "1", "--prm-lrs", "1e-3", "--cache", str(tmp_path / "b.pt"), "--",
+            "--env", "sokoban", "--preset", "tiny", "--tasks-per-iter", "2", "--group-size", "3", "--max-steps", "3",
+            "--out-dir", str(tmp_path), "--kernels", "reference"]
+    first = prm_probe(argv)
+    assert "batches loaded" not in capsys.readouterr().out
+    second = prm_probe(argv)
+    assert "batches loaded" in capsys.readouterr().out
+    assert str(first) == str(second)  # nan-safe equality of every number
+    prm_probe(argv + ["--q-reduce", "mean"])
+    assert "batches loaded" in capsys.readouterr().out
