@@ -23,7 +23,9 @@ summary (``<out>/results.md``, ``<out>/curves.png``) has per variant, mean ± st
   * training success at the budget B = the fewest environment steps any run of the sweep took
     (each run's curve interpolated at B), and averaged over its last 10% of iterations;
   * environment steps until the training success (a running mean over ``--window`` iterations)
-    first reaches ``--threshold``, over the runs that reached it ("k/n reached").
+    first reaches ``--threshold``, over the runs that reached it ("k/n reached");
+  * where the env labels its steps (Sokoban), ``credit/adv_auc`` averaged over a run's iterations:
+    how well the advantage the policy was trained on ranked good steps above bad ones (credit.py).
 
 Deviations from the paper: none in the method; the paper reports one run per configuration.
 """
@@ -158,18 +160,21 @@ def summarise(run_dirs: list[Path], threshold: float = 0.5, window: int = 5) -> 
             steps=np.array([r["env_steps"] for r in train_rows], dtype=float),
             success=np.array([r["env/success"] for r in train_rows], dtype=float),
             greedy=evals[-1]["eval/success_greedy"] if evals else None,
-            sampled=evals[-1].get("eval/success_sampled") if evals else None))
+            sampled=evals[-1].get("eval/success_sampled") if evals else None,
+            credit=[r[k] for r in train_rows for k in ("credit/adv_auc",) if r.get(k) is not None]))
     budget = min(r["steps"][-1] for rs in runs.values() for r in rs)
     lines = [f"| variant | runs | final eval success, greedy | final eval success, sampled | training success at "
              f"{budget:,.0f} env steps | training success, last 10% of iterations | env steps to {threshold:.0%} "
-             f"training success (running mean of {window}) |", "|---|---|---|---|---|---|---|"]
+             f"training success (running mean of {window}) | step credit AUC of the advantage, mean over iterations |",
+             "|---|---|---|---|---|---|---|---|"]
     for label, rs in sorted(runs.items()):
         at_budget = [float(np.interp(budget, r["steps"], r["success"])) for r in rs]
         last = [float(r["success"][-max(1, len(r["success"]) // 10):].mean()) for r in rs]
         reach = [x for x in (_reach(r["steps"], r["success"], threshold, window) for r in rs) if x is not None]
         lines.append(f"| {label} | {len(rs)} | {_ms([r['greedy'] for r in rs if r['greedy'] is not None])} | "
                      f"{_ms([r['sampled'] for r in rs if r['sampled'] is not None])} | {_ms(at_budget)} | {_ms(last)} | "
-                     f"{_ms(reach, '{:,.0f}')} ({len(reach)}/{len(rs)} reached) |")
+                     f"{_ms(reach, '{:,.0f}')} ({len(reach)}/{len(rs)} reached) | "
+                     f"{_ms([float(np.mean(r['credit'])) for r in rs if r['credit']])} |")
     return "\n".join(lines) + "\n"
 
 
