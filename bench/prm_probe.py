@@ -13,7 +13,9 @@ r_φ has no policy-drift term):
    the env's ground-truth step labels (credit.py: ``credit/prm_auc``; Sokoban labels a move good
    when it takes one step along a shortest solution), plus ``credit/adv_auc`` of the combined
    advantage A^E + α·A^S (E7) next to ``credit/episode_auc`` of A^E alone; and what r_φ follows:
-   its within-group correlation with the action's log π_θold and with the step's index.
+   ``live_auc``, the AUC of r_φ for steps taken from a solvable state against steps taken in a dead
+   end (no move helps there, so the credit AUCs leave those steps out), and its within-group
+   correlation with the action's log π_θold and with the step's index.
 
 AUC 0.5 is chance. iStar's step term helps credit assignment where adv_auc > episode_auc.
 
@@ -35,6 +37,7 @@ from pathlib import Path
 import torch
 
 from config import parse_config
+from credit import within_group_auc
 from istar import compute_advantages, recompute_old_logp, score_with_prm, update_prm
 from prm import preference_pairs, trajectory_dpo_loss, trajectory_scores
 from rollout import pack, rollout
@@ -73,8 +76,11 @@ def held_out_stats(prm, batch, old_logp, cfg) -> dict:
     group = torch.repeat_interleave(batch.group_id - batch.group_id.min(), steps)  # (S,)
     index = torch.arange(int(steps.sum())) - torch.repeat_interleave(batch.traj_cu[:-1], steps)  # (S,) 0, 1, ... per episode
     step_old = trajectory_scores(old_logp, batch.step_cu, "sum")  # (S,) log π_θold of each whole action
+    live = (batch.step_optimal >= 0).to(torch.int8)  # (S,) 1 = a labelled step, 0 = a step from a dead end
+    wins, pairs = within_group_auc(reward, live, group)
     return {"acc": dpo["prm/acc"], "margin": dpo["prm/margin"], "pairs": dpo["prm/num_pairs"],
             **{k.split("/")[1]: v for k, v in adv.items() if k.startswith("credit/")},
+            "live_auc": wins / pairs if pairs else float("nan"),
             "corr_old_logp": _within_group_corr(reward, step_old, group),
             "corr_step_index": _within_group_corr(reward, index.to(reward.dtype), group)}
 
@@ -114,7 +120,7 @@ def collect(cfg, num_batches: int, cache: str | None = None):
     return policy, batches
 
 
-def probe(policy, batches, cfg, prm_lr: float, epochs: int) -> list[dict]:
+def probe(policy, batches, cfg, prm_lr: float, epochs: int, on_row=None) -> list[dict]:
     """A fresh PRM trained on every batch but the last, ``epochs`` passes; one row of held-out stats per
     pass (pass 0: the untrained PRM, r_φ = 0 everywhere, so every AUC is all ties: 0.5)."""
     prm = copy.deepcopy(policy)  # π_φ starts as the policy (paper.md E3)
@@ -131,6 +137,8 @@ def probe(policy, batches, cfg, prm_lr: float, epochs: int) -> list[dict]:
                     fit.append(stats["prm/acc"])  # accuracy before this step, on this batch
         rows.append({"pass": epoch, "train_acc": sum(fit) / len(fit) if fit else float("nan"),
                      **held_out_stats(prm, held, held_old, cfg)})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
@@ -151,14 +159,14 @@ def main(argv: list[str] | None = None) -> dict:
     won, n = sum(int(b.won.sum()) for b, _ in batches), sum(b.num_traj for b, _ in batches)
     print(f"{args.batches} batches of {cfg.tasks_per_iter}x{cfg.group_size} episodes ({won}/{n} won) in {time.time() - t0:.0f} s; "
           f"the last is held out; beta {cfg.beta}, Q = {cfg.q_reduce}, pairs = {cfg.pair_rule}")
-    cols = ["train_acc", "acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc", "corr_old_logp", "corr_step_index"]
+    cols = ["train_acc", "acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc", "live_auc",
+            "corr_old_logp", "corr_step_index"]
+    show = lambda r: print(f"{r['pass']:4d}  " + "  ".join(f"{r.get(c, float('nan')):>{len(c)}.4f}" for c in cols), flush=True)  # noqa: E731
     out = {}
     for lr in [float(x) for x in args.prm_lrs.split(",")]:
-        rows = out[lr] = probe(policy, batches, cfg, lr, args.epochs)
-        print(f"\nPRM lr {lr:g}: held-out batch ({rows[0]['pairs']} pairs) after each pass; train_acc = on each batch before its step")
-        print("pass  " + "  ".join(f"{c:>12}" for c in cols))
-        for r in rows:
-            print(f"{r['pass']:4d}  " + "  ".join(f"{r.get(c, float('nan')):12.4f}" for c in cols), flush=True)
+        print(f"\nPRM lr {lr:g}: the held-out batch after each pass (train_acc: on each training batch before its step)")
+        print("pass  " + "  ".join(cols))
+        out[lr] = probe(policy, batches, cfg, lr, args.epochs, on_row=show)
     return out
 
 
