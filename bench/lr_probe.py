@@ -26,36 +26,27 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
+from bench.common import split_argv, warm_started_policy
 from config import parse_config
 from istar import istar_update
 from model import token_logprobs
 from rollout import pack, rollout
-from train import build_models, env_factory, resolve_device, rollout_kwargs
-from warmstart import cached_warm_start
+from train import rollout_kwargs
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    own, train_args = split_argv(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Flags after -- go to train.py's config.")
     p.add_argument("--lrs", default="3e-5,1e-4,2e-4,3e-4", help="comma-separated policy learning rates")
     args = p.parse_args(own)
     lrs = [float(x) for x in args.lrs.split(",")]
     cfg, _ = parse_config(["--tasks-per-iter", "8", "--group-size", "8", *train_args])
-    device = resolve_device(cfg)
-    make = env_factory(cfg)
-    torch.manual_seed(cfg.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer, policy, _, _, _ = build_models(cfg, make, device, Path(tmp))
-    if not cfg.model:
-        print(f"warm start: {cached_warm_start(policy, tokenizer, make, cfg, device)}")
-    policy.eval()
+    tokenizer, policy, make, device = warm_started_policy(cfg)
     seeds = torch.randint(0, 2**31, (cfg.tasks_per_iter,), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     with torch.no_grad():
         trajs = rollout(policy, tokenizer, make, seeds, cfg.group_size, temperature=cfg.temperature, seed=cfg.seed,

@@ -30,19 +30,18 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench.common import split_argv, warm_started_policy
 from config import parse_config
 from credit import within_group_auc
 from istar import compute_advantages, recompute_old_logp, score_with_prm, update_prm
 from prm import preference_pairs, trajectory_dpo_loss, trajectory_scores
 from rollout import pack, rollout
-from train import build_models, env_factory, resolve_device, rollout_kwargs
-from warmstart import cached_warm_start
+from train import rollout_kwargs
 
 
 def _within_group_corr(x: torch.Tensor, y: torch.Tensor, group: torch.Tensor) -> float:
@@ -91,14 +90,7 @@ def collect(cfg, num_batches: int, cache: str | None = None):
     else rolled out and saved there (so probes of several PRM settings see the same episodes)."""
     key = json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_ROLLOUT} | {"batches": num_batches},
                      sort_keys=True)
-    device = resolve_device(cfg)
-    make = env_factory(cfg)
-    torch.manual_seed(cfg.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer, policy, _, _, _ = build_models(cfg, make, device, Path(tmp))
-    if not cfg.model:
-        print(f"warm start: {cached_warm_start(policy, tokenizer, make, cfg, device)}")
-    policy.eval()
+    tokenizer, policy, make, device = warm_started_policy(cfg)
     if cache and Path(cache).is_file():
         saved = torch.load(cache, weights_only=False)
         if saved["key"] == key:
@@ -144,7 +136,7 @@ def probe(policy, batches, cfg, prm_lr: float, epochs: int, on_row=None) -> list
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    own, train_args = split_argv(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Flags after -- go to train.py's config.")
     p.add_argument("--batches", type=int, default=6, help="rollout batches; the last one is held out (>= 2)")
     p.add_argument("--epochs", type=int, default=4, help="passes over the training batches")

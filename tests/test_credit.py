@@ -76,26 +76,18 @@ def test_within_group_auc_rejects_mismatched_shapes():
         within_group_auc(torch.zeros(3), torch.zeros(2, dtype=torch.int8), torch.zeros(3, dtype=torch.long))
 
 
-def test_prm_probe_learns_credit_that_follows_the_preferences():
+def test_prm_probe_learns_credit_that_follows_the_preferences(sokoban_setup):
     """bench.prm_probe.probe on a batch whose good steps are exactly the steps of won trajectories:
     the untrained PRM (r_φ = 0) scores every pair as a tie, the trained one ranks good steps higher
     (it only learns Q(won) > Q(lost), and Q is the sum of the step rewards)."""
+    import copy
+
     from bench.prm_probe import probe
     from config import Config
-    from envs import make_env
     from istar import recompute_old_logp
-    from model import build_default_model, build_tokenizer
-    from rollout import rollout
-    from warmstart import env_corpus
 
-    torch.manual_seed(0)
-    make = lambda: make_env("sokoban", max_steps=3)  # noqa: E731
-    tok = build_tokenizer(env_corpus(make, range(20)), vocab_size=300)
-    policy = build_default_model(tok, "tiny", seed=0)
-    trajs = rollout(policy, tok, make, [1, 2, 3], 4, temperature=1.0, max_action_tokens=8, generator=torch.Generator().manual_seed(0))
-    batch = pack(trajs, "cpu", tok.pad_token_id)
-    batch.won = torch.tensor([1, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0]).bool()
-    batch.outcome = batch.won.float()
+    tok, policy, batch = sokoban_setup
+    batch = copy.copy(batch)  # the fixture is shared: label a shallow copy
     batch.step_optimal = torch.repeat_interleave(batch.won.to(torch.int8), batch.num_steps)  # (S,)
     cfg = Config(model_size="tiny", kernels="reference", micro_batch=64)
     old_logp = recompute_old_logp(policy, batch, cfg)

@@ -8,26 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config import Config
-from envs import make_env
 from istar import NonFiniteError, _chunks, _seq_mean_weights, compute_advantages, istar_update, policy_loss, update_policy, update_prm
-from model import build_default_model, build_tokenizer, token_logprobs
+from model import token_logprobs
 from prm import step_rewards, trajectory_scores
-from rollout import pack, rollout
-from warmstart import env_corpus
 
 
 @pytest.fixture(scope="module")
-def setup():
-    """A tiny model, and one packed Sokoban batch of 3 tasks x 4 rollouts with fixed win labels."""
-    torch.manual_seed(0)
-    make = lambda: make_env("sokoban", max_steps=3)  # noqa: E731
-    tok = build_tokenizer(env_corpus(make, range(20)), vocab_size=300)
-    policy = build_default_model(tok, "tiny", seed=0)
-    trajs = rollout(policy, tok, make, [1, 2, 3], 4, temperature=1.0, max_action_tokens=8, generator=torch.Generator().manual_seed(0))
-    batch = pack(trajs, "cpu", tok.pad_token_id)
-    batch.won = torch.tensor([1, 0, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0]).bool()  # pairs per group: 2x2, 2x2, 1x3
-    batch.outcome = batch.won.float()
-    return tok, policy, batch
+def setup(sokoban_setup):
+    return sokoban_setup
 
 
 def cfg_for(**kw):
