@@ -206,12 +206,14 @@ def solve(is_wall: tuple, width: int, targets: frozenset, player: int, boxes: fr
 
 @functools.lru_cache(maxsize=4096)
 def distance_map(is_wall: tuple, width: int, targets: frozenset, player: int, boxes: frozenset,
-                 max_states: int = 200_000) -> dict | None:
+                 max_states: int = 20_000) -> dict | None:
     """Shortest solution length of every state reachable from (player, boxes): {(player, boxes): moves},
     None for a dead end (no solution). Forward search enumerates the reachable states (the episode
     ends on a solved state, so those are not expanded), then a backward breadth-first pass from the
     solved states over the recorded moves gives each state its distance. Cached per level (a group's
-    G episodes share it); None (no map) when more than ``max_states`` states are reachable."""
+    G episodes share it); None (no map, steps unlabelled) when more than ``max_states`` states are
+    reachable, which bounds the cost of a new level to a fraction of a second (the paper's 6×6 rooms
+    with one box have a few hundred states)."""
     deltas = (-width, width, -1, 1)
     states, index, preds = [(player, boxes)], {(player, boxes): 0}, [[]]
     k = 0
