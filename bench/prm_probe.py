@@ -87,15 +87,16 @@ def held_out_stats(prm, batch, old_logp, cfg) -> dict:
 def collect(cfg, num_batches: int, cache: str | None = None):
     """The warm-started policy and ``num_batches`` rollout batches of it, each with its old log-probs.
     With ``cache``, the batches are loaded from that file when it holds the same rollout settings,
-    else rolled out and saved there (so probes of several PRM settings see the same episodes)."""
+    else rolled out and saved there (so probes of several PRM settings see the same episodes). The
+    old log-probs are always computed in this process, so the untrained PRM's rewards are exactly 0."""
     key = json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_ROLLOUT} | {"batches": num_batches},
                      sort_keys=True)
     tokenizer, policy, make, device = warm_started_policy(cfg)
     if cache and Path(cache).is_file():
         saved = torch.load(cache, weights_only=False)
-        if saved["key"] == key:
+        if saved["key"] == key:  # old log-probs are recomputed here: thread counts change their last bits
             print(f"batches loaded from {cache}")
-            return policy, [(b.to(device), lp.to(device)) for b, lp in saved["batches"]]
+            return policy, [(b, recompute_old_logp(policy, b, cfg)) for b in (b.to(device) for b in saved["batches"])]
         print(f"{cache} holds other rollout settings: rolling out again")
     gen, batches = torch.Generator().manual_seed(cfg.seed), []
     for k in range(num_batches):
@@ -107,7 +108,7 @@ def collect(cfg, num_batches: int, cache: str | None = None):
         batches.append((batch, recompute_old_logp(policy, batch, cfg)))
     if cache:
         tmp = Path(cache).with_suffix(".tmp")
-        torch.save({"key": key, "batches": [(b.to("cpu"), lp.cpu()) for b, lp in batches]}, tmp)
+        torch.save({"key": key, "batches": [b.to("cpu") for b, _ in batches]}, tmp)
         os.replace(tmp, cache)  # atomic
     return policy, batches
 
