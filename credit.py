@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import distributed
+from prm import trajectory_scores
 
 
 def within_group_auc(score: torch.Tensor, label: torch.Tensor, group: torch.Tensor) -> tuple[float, int]:
@@ -61,23 +62,15 @@ def within_group_auc(score: torch.Tensor, label: torch.Tensor, group: torch.Tens
     return wins, pairs
 
 
-def _per_step(x: torch.Tensor, step_cu: torch.Tensor, how: str) -> torch.Tensor:
-    """(T,) token values -> (S,) per step: their sum or mean over the step's tokens."""
-    lengths = (step_cu[1:] - step_cu[:-1]).long()  # (S,)
-    step_id = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths)  # (T,)
-    total = torch.zeros(lengths.numel(), device=x.device).index_add_(0, step_id, x.float())  # (S,)
-    return total if how == "sum" else total / lengths.clamp(min=1)
-
-
 def credit_stats(batch, episode_adv: torch.Tensor, implicit_reward: torch.Tensor | None = None,
-                 step_total_adv: torch.Tensor | None = None, granularity: str = "step") -> dict:
+                 step_adv: torch.Tensor | None = None, step_adv_coef: float = 1.0, granularity: str = "step") -> dict:
     """The ``credit/*`` metrics of one batch (module docstring); {} when no step has a label.
 
     Args:
         batch:           a batch.Batch with ``step_optimal`` (S,).
         episode_adv:     (N,) A^E (E5).
         implicit_reward: (S,) r_φ (E1), or (T,) token rewards for granularity="token"; None = iStar off.
-        step_total_adv:  (S,) A^E + α·A^S of every step (E7), or (T,) token advantages for "token".
+        step_adv:        (S,) A^S (E6), or (T,) per token for "token"; a step scores A^E + α·A^S (E7).
     """
     label = batch.step_optimal  # (S,)
     labelled = distributed.all_sum([float((label >= 0).sum()), float((label == 1).sum())])
@@ -87,9 +80,11 @@ def credit_stats(batch, episode_adv: torch.Tensor, implicit_reward: torch.Tensor
     group = torch.repeat_interleave(batch.group_id, steps_per_traj)  # (S,) group of each step
     scores = {"episode": torch.repeat_interleave(episode_adv.float(), steps_per_traj)}  # (S,)
     if implicit_reward is not None:
-        token_level = granularity == "token"
-        scores["prm"] = _per_step(implicit_reward, batch.step_cu, "sum") if token_level else implicit_reward  # (S,)
-        scores["adv"] = _per_step(step_total_adv, batch.step_cu, "mean") if token_level else step_total_adv  # (S,)
+        if granularity == "token":  # a step's reward is its tokens' sum, its A^S their mean
+            implicit_reward = trajectory_scores(implicit_reward, batch.step_cu, "sum")  # (S,)
+            step_adv = trajectory_scores(step_adv, batch.step_cu, "mean")  # (S,)
+        scores["prm"] = implicit_reward  # (S,)
+        scores["adv"] = scores["episode"] + step_adv_coef * step_adv  # (S,) E7
     sums = []
     for score in scores.values():
         sums += list(within_group_auc(score, label, group))

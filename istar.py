@@ -225,12 +225,7 @@ def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tupl
     token_adv, step_adv = combined_advantage(episode_adv, r, step_cu, traj_cu, batch.group_cu, cfg.step_adv_coef,
                                              impl=cfg.kernel_impl, standardise=not cfg.scale_step_rewards)  # E6-E7
     _check_finite("token advantage", token_adv)
-    if cfg.granularity == "token":
-        step_total = token_adv  # (T,) credit.py averages each step's tokens
-    else:
-        steps_per_traj = (batch.traj_cu[1:] - batch.traj_cu[:-1]).long()  # (N,)
-        step_total = torch.repeat_interleave(episode_adv, steps_per_traj) + cfg.step_adv_coef * step_adv  # (S,) E7 per step
-    stats.update(credit_stats(batch, episode_adv, implicit_reward, step_total, cfg.granularity))
+    stats.update(credit_stats(batch, episode_adv, implicit_reward, step_adv, cfg.step_adv_coef, cfg.granularity))
     stats["adv/step_std"] = distributed.mean_std(step_adv)[1]
     stats["adv/token_std"] = distributed.mean_std(token_adv)[1]
     return token_adv, stats

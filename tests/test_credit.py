@@ -55,9 +55,9 @@ def test_credit_stats_of_perfect_noisy_and_unlabelled_step_scores():
     # episode credit: group 0 pairs (2 good x 3 bad): good of traj 0 beat traj 1's bad (4 wins), tie with its own (2 x ½);
     # group 1 (2 good x 1 bad): all tied -> 1
     assert base["credit/episode_auc"] == pytest.approx((4 + 1 + 1) / 8)
-    perfect = credit_stats(batch, episode_adv, implicit_reward=label, step_total_adv=label)
+    perfect = credit_stats(batch, episode_adv, implicit_reward=label, step_adv=label, step_adv_coef=100.0)
     assert perfect["credit/prm_auc"] == 1.0 and perfect["credit/adv_auc"] == 1.0
-    inverted = credit_stats(batch, episode_adv, implicit_reward=-label, step_total_adv=-label)
+    inverted = credit_stats(batch, episode_adv, implicit_reward=-label, step_adv=-label)
     assert inverted["credit/prm_auc"] == 0.0
     unlabelled = _batch([[-1, -1], [-1]], groups=[0, 0])
     assert credit_stats(unlabelled, torch.zeros(2)) == {}
@@ -66,7 +66,7 @@ def test_credit_stats_of_perfect_noisy_and_unlabelled_step_scores():
 def test_token_granularity_sums_rewards_and_averages_advantages_per_step():
     batch = _batch([[1, 0]], groups=[0])  # two steps of two tokens each
     token_r = torch.tensor([3.0, -2.0, 0.5, 0.0])  # step sums 1.0 (good) and 0.5 (bad): good wins
-    token_a = torch.tensor([0.0, 0.0, 1.0, -0.5])  # step means 0 (good) and 0.25 (bad): bad wins
+    token_a = torch.tensor([0.0, 0.0, 1.0, -0.5])  # A^S step means 0 (good) and 0.25 (bad), A^E 0: bad wins
     stats = credit_stats(batch, torch.zeros(1), token_r, token_a, granularity="token")
     assert stats["credit/prm_auc"] == 1.0 and stats["credit/adv_auc"] == 0.0
 
