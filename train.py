@@ -46,7 +46,7 @@ from envs import make_env
 from istar import NonFiniteError, istar_update
 from model import build_default_model, build_tokenizer, clone_model, load_model, save_model
 from rollout import Trajectory, pack, rollout
-from warmstart import EVAL_SEED_BASE, cached_warm_start, env_corpus, warm_start
+from warmstart import EVAL_SEED_BASE, cached_warm_start, env_corpus, expert_prob, expert_rows, warm_start
 
 
 
@@ -149,9 +149,11 @@ def env_metrics(trajs, prefix="env") -> dict:
 
 
 @torch.no_grad()
-def evaluate(policy, tokenizer, make, cfg: Config, device, modes=("greedy", "sampled")) -> dict:
-    """Held-out tasks (seeds ≥ 2**31), one rollout each: greedy and/or sampled at eval_temperature.
-    Under torchrun each rank plays its share of the seeds and the episodes are gathered."""
+def evaluate(policy, tokenizer, make, cfg: Config, device, modes=("greedy", "sampled", "expert")) -> dict:
+    """Held-out tasks (seeds ≥ 2**31), one rollout each: greedy and/or sampled at eval_temperature;
+    and ("expert") the policy's mean probability of the expert's action along ``eval_tasks`` held-out
+    expert episodes (warmstart.expert_prob). Under torchrun each rank plays its share of the seeds
+    and the episodes are gathered."""
     seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + cfg.eval_tasks))
     lo, hi = distributed.shard(len(seeds))
     out = {}
@@ -164,6 +166,10 @@ def evaluate(policy, tokenizer, make, cfg: Config, device, modes=("greedy", "sam
                             **rollout_kwargs(cfg, device))
         m = env_metrics(gather_episodes(trajs), "eval")
         out.update({f"{k}_{name}": v for k, v in m.items()})
+    if "expert" in modes:  # the same rows on every rank: no gather needed
+        rows = expert_rows(tokenizer, make, cfg, cfg.eval_tasks)
+        with distributed.gathered(policy):
+            out["eval/expert_prob"] = expert_prob(distributed.unwrap(policy), rows, tokenizer.pad_token_id, device)
     return out
 
 
@@ -281,7 +287,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             summary["before"] = evaluate(policy, tokenizer, make, cfg, device)
         if main:
             log_metrics(run_dir, {"iteration": 0, "env_steps": 0, **summary["before"]}, writer)
-            print(f"before RL: success greedy {summary['before']['eval/success_greedy']:.3f}, sampled {summary['before']['eval/success_sampled']:.3f}")
+            print(f"before RL: success greedy {summary['before']['eval/success_greedy']:.3f}, sampled {summary['before']['eval/success_sampled']:.3f}, "
+                  f"expert action prob {summary['before']['eval/expert_prob']:.3f}")
 
     bar = tqdm(range(start + 1, cfg.iterations + 1), initial=start, total=cfg.iterations, desc=run_dir.name, dynamic_ncols=True, disable=not main)
     interrupted = False
@@ -355,7 +362,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if b and a:
         print(f"success on {cfg.eval_tasks} held-out tasks (greedy / sampled T={cfg.eval_temperature}): "
               f"before RL {b['eval/success_greedy']:.3f} / {b['eval/success_sampled']:.3f}, "
-              f"after RL {a['eval/success_greedy']:.3f} / {a['eval/success_sampled']:.3f}")
+              f"after RL {a['eval/success_greedy']:.3f} / {a['eval/success_sampled']:.3f}; expert action prob "
+              f"{b.get('eval/expert_prob', float('nan')):.3f} -> {a.get('eval/expert_prob', float('nan')):.3f}")
     if interrupted:
         print(f"stopped on request after iteration {rows[-1]['iteration']} of {cfg.iterations}; continue with "
               f"python train.py --resume {run_dir}")

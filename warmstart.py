@@ -37,6 +37,7 @@ from rollout import window_rows
 
 EVAL_SEED_BASE = 2**31  # held-out tasks: seeds >= 2**31; training tasks are drawn below 2**31
 DEMO_SEED_BASE = EVAL_SEED_BASE + 2 * 10**6  # demonstrations: their own range
+PROBE_SEED_BASE = EVAL_SEED_BASE + 10**6  # expert probe (``expert_prob``): held-out states of expert play
 
 
 def play_noisy_expert(env, seed: int, random_frac: float, rng: np.random.Generator):
@@ -73,6 +74,60 @@ def demo_rows(tokenizer, system: str, first: str, turns, max_context: int, max_a
     return list(zip(rows, masks))
 
 
+def pad_rows(rows, pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows (token ids, action mask) -> right-padded input_ids, attention_mask, action_mask, each (R, L)."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (R, L)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)  # (R, L)
+    action_mask = torch.zeros(len(rows), width, dtype=torch.bool)  # (R, L)
+    for r, (ids, mask) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        attention_mask[r, : len(ids)] = 1
+        action_mask[r, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
+    return input_ids.to(device), attention_mask.to(device), action_mask.to(device)
+
+
+def expert_rows(tokenizer, make, cfg, episodes: int) -> list[tuple[list[int], list[bool]]]:
+    """Rows of ``episodes`` episodes of the env's expert (no random actions) on the probe seeds
+    (``PROBE_SEED_BASE + k``: tasks no demonstration, training batch or evaluation uses), windowed
+    as rollouts are."""
+    env, rng = make(), np.random.default_rng(0)
+    rows = []
+    for k in range(episodes):
+        first, turns, _ = play_noisy_expert(env, PROBE_SEED_BASE + k, 0.0, rng)
+        rows += demo_rows(tokenizer, env.system_prompt, first, turns, cfg.max_context, cfg.max_action_tokens,
+                          cfg.history_steps or None)
+    return rows
+
+
+@torch.no_grad()
+def expert_prob(policy, rows, pad_id: int, device, chunk: int = 64) -> float:
+    """Mean over the expert's actions in ``rows`` of π(expert action | its context) = exp(Σ of its
+    tokens' log-probs): how much of the policy's mass is on what the expert does, a dense measure
+    of what it knows (Sokoban: a policy that ignores the board puts ~0.25 there, the expert's own
+    move being one of four). Every contiguous run of action tokens in a row is one action."""
+    probs = []
+    for lo in range(0, len(rows), chunk):
+        part = rows[lo:lo + chunk]
+        ids, am, act = pad_rows(part, pad_id, device)  # (R, L) each
+        logp = token_logprobs(policy, ids, am, act).float().cpu()  # (T,) row-major, as the runs below
+        runs = [n for _, mask in part for n in _true_runs(mask)]  # action lengths, row-major
+        probs += [s.sum().exp().item() for s in logp.split(runs)]
+    return float(np.mean(probs)) if probs else float("nan")
+
+
+def _true_runs(mask: list[bool]) -> list[int]:
+    """Lengths of the runs of True in ``mask``."""
+    runs, n = [], 0
+    for m in list(mask) + [False]:
+        if m:
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs
+
+
 def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False) -> dict:
     """SFT on `warmstart_episodes` noisy-expert episodes; returns the demos' success rate and the loss.
     `progress` shows a tqdm bar over the optimiser steps."""
@@ -94,17 +149,10 @@ def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False) -> 
         order = torch.randperm(len(demos), generator=gen).tolist()
         for lo in range(0, len(order), batch_size):
             chunk = [row for i in order[lo : lo + batch_size] for row in demos[i]]
-            width = max(len(ids) for ids, _ in chunk)
-            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)  # (R, L) right-padded
-            attention_mask = torch.zeros(len(chunk), width, dtype=torch.long)  # (R, L)
-            action_mask = torch.zeros(len(chunk), width, dtype=torch.bool)  # (R, L)
-            for r, (ids, mask) in enumerate(chunk):
-                input_ids[r, : len(ids)] = torch.tensor(ids)
-                attention_mask[r, : len(ids)] = 1
-                action_mask[r, : len(ids)] = torch.tensor(mask)
+            input_ids, attention_mask, action_mask = pad_rows(chunk, tokenizer.pad_token_id, device)  # (R, L) each
             if not action_mask.any():  # no action fits in max_context
                 continue
-            logp = token_logprobs(policy, input_ids.to(device), attention_mask.to(device), action_mask.to(device))  # (T,)
+            logp = token_logprobs(policy, input_ids, attention_mask, action_mask)  # (T,)
             loss = -logp.mean()  # cross-entropy on the demonstrated action tokens only
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"warm start: loss is {loss.item()}; lower --warmstart-lr")

@@ -9,7 +9,9 @@ are the runs' own), at each ``--temperatures`` (0 = greedy), with the run's roll
 
 Run: ``python -m bench.heldout runs/sokoban-rloo-istar-s0 runs/sokoban-rloo-s0 --warmstart --tasks 256``
 Prints one line per (policy, temperature): successes / tasks, rate ± its binomial standard error,
-and the fraction of invalid actions.
+and the fraction of invalid actions; then per policy its mean probability of the expert's action
+along ``--tasks`` held-out expert episodes (warmstart.expert_prob). ``--random`` adds the success
+of uniformly random actions on the same tasks, the floor a policy that learned anything beats.
 """
 from __future__ import annotations
 
@@ -19,10 +21,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from config import Config
 from model import load_model
+from envs.base import wrap_action
 from train import env_factory, evaluate, resolve_device
-from warmstart import cache_dir, cached_warm_start
+from warmstart import EVAL_SEED_BASE, cache_dir, cached_warm_start
 
 
 def run_config(run_dir: Path, tasks: int, temperature: float) -> Config:
@@ -39,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", type=int, default=256, help="held-out tasks per evaluation")
     p.add_argument("--temperatures", default="0,0.4", help="comma-separated; 0 = greedy")
     p.add_argument("--warmstart", action="store_true", help="also evaluate the cached warm start of the first run's settings")
+    p.add_argument("--random", action="store_true", help="also play uniformly random actions on the same tasks (the floor to beat)")
     args = p.parse_args(argv)
     if args.tasks < 1:
         raise SystemExit(f"bench.heldout --tasks: expected a positive integer, got {args.tasks}")
@@ -70,6 +76,27 @@ def main(argv: list[str] | None = None) -> None:
             se = math.sqrt(rate * (1 - rate) / args.tasks)
             print(f"{name:32s} T={temp:<4g} success {round(rate * args.tasks):4d}/{args.tasks} = {rate:.3f} ± {se:.3f}"
                   f"   invalid actions {m[f'eval/invalid_frac_{key}']:.4f}", flush=True)
+        expert = evaluate(model, tok, env_factory(cfg), cfg, device, modes=("expert",))["eval/expert_prob"]
+        print(f"{name:32s} probability of the expert's action along {args.tasks} held-out expert episodes: {expert:.3f}", flush=True)
+    if args.random:
+        cfg = run_config(runs[0], args.tasks, 0.0)
+        rate = random_success(env_factory(cfg), args.tasks)
+        se = math.sqrt(rate * (1 - rate) / args.tasks)
+        print(f"{'uniform random actions':32s}        success {round(rate * args.tasks):4d}/{args.tasks} = {rate:.3f} ± {se:.3f}")
+
+
+def random_success(make, tasks: int, seed: int = 0) -> float:
+    """Success rate on the first ``tasks`` held-out tasks of a policy that plays ``env.random_action``
+    every step (Sokoban: one of the four moves, uniformly): the floor any learned policy must beat."""
+    env, rng = make(), np.random.default_rng(seed)
+    wins = 0
+    for k in range(tasks):
+        env.reset(EVAL_SEED_BASE + k)
+        done, info = False, {}
+        while not done:
+            _, _, done, info = env.step(wrap_action(env.random_action(rng)))
+        wins += bool(info.get("won", False))
+    return wins / tasks
 
 
 if __name__ == "__main__":

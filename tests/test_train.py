@@ -39,6 +39,8 @@ def test_cli_smoke_run_two_iterations_with_finite_metrics(tmp_path):
         for key in ("env/success", "env/return", "policy/pg_loss", "policy/entropy", "policy/approx_kl", "adv/episode_std", "perf/tokens_per_s"):
             assert math.isfinite(r[key]), (key, r[key])
         assert 0 <= r["credit/optimal_frac"] <= 1  # Sokoban labels its steps (credit.py)
+    for r in (got[0], got[2]):  # evaluations: before RL and at the end
+        assert 0 < r["eval/expert_prob"] < 1
     for name in ("checkpoint.pt", "policy/config.json", "prm/config.json", "summary.json", "config.json"):
         assert (tmp_path / "smoke" / name).exists(), name
 
@@ -183,9 +185,13 @@ def test_heldout_replays_the_runs_own_evaluations(tmp_path, capsys):
     train(tiny(tmp_path, run_name="h", iterations=1, eval_tasks=3, warmstart_episodes=48, warmstart_epochs=3, warmstart_lr=3e-3))
     got = {r["iteration"]: r for r in rows(tmp_path / "h")}
     capsys.readouterr()
-    heldout([str(tmp_path / "h"), "--warmstart", "--tasks", "3", "--temperatures", "0,0.4"])
-    lines = capsys.readouterr().out.strip().splitlines()
+    heldout([str(tmp_path / "h"), "--warmstart", "--tasks", "3", "--temperatures", "0,0.4", "--random"])
+    out = capsys.readouterr().out.strip().splitlines()
+    lines = [line for line in out if "invalid actions" in line]
     assert len(lines) == 4  # (warm start, run) x (greedy, sampled)
+    experts = [line for line in out if "expert's action" in line]
+    assert [e.split()[-1] for e in experts] == [f"{got[it]['eval/expert_prob']:.3f}" for it in (0, 1)]
+    assert "uniform random actions" in out[-1] and "/3 =" in out[-1]
     for line, (it, key) in zip(lines, [(0, "greedy"), (0, "sampled"), (1, "greedy"), (1, "sampled")]):
         assert f"success {round(got[it][f'eval/success_{key}'] * 3):4d}/3" in line, (line, it, key)
         assert f"invalid actions {got[it][f'eval/invalid_frac_{key}']:.4f}" in line, (line, it, key)

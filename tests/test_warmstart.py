@@ -1,0 +1,58 @@
+"""warmstart.py's expert probe: the policy's probability of the expert's action, against a plain forward."""
+import itertools
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from config import Config
+from envs import make_env
+from envs.base import wrap_action
+from warmstart import PROBE_SEED_BASE, _true_runs, expert_prob, expert_rows
+
+
+@given(st.lists(st.booleans(), max_size=40))
+def test_true_runs_are_the_lengths_of_the_true_groups(mask):
+    assert _true_runs(mask) == [len(list(g)) for k, g in itertools.groupby(mask) if k]
+
+
+def _brute_force(policy, rows):
+    """Per action: exp of the summed log-probs of its tokens, each from a full-vocabulary log-softmax
+    of one unpadded row's forward."""
+    probs = []
+    for ids, mask in rows:
+        with torch.no_grad():
+            logits = policy(torch.tensor([ids])).logits[0].float()  # (L, V)
+        logp = torch.log_softmax(logits, -1)[:-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]  # (L-1,)
+        acc = None
+        for p, m in enumerate(mask):
+            if m:
+                acc = (acc or 0.0) + logp[p - 1].item()
+            elif acc is not None:
+                probs.append(np.exp(acc))
+                acc = None
+        if acc is not None:
+            probs.append(np.exp(acc))
+    return float(np.mean(probs))
+
+
+@settings(max_examples=4, deadline=None)
+@given(history=st.sampled_from([0, 1, 2]), episodes=st.integers(1, 4), chunk=st.integers(1, 5))
+def test_expert_prob_is_the_mean_probability_of_each_expert_action(sokoban_setup, history, episodes, chunk):
+    """Rows hold one or several actions (history windows); any chunking gives the same mean."""
+    tok, policy, _ = sokoban_setup
+    cfg = Config(max_context=1024, max_action_tokens=8, history_steps=history)
+    make = lambda: make_env("sokoban", max_steps=3)  # noqa: E731
+    rows = expert_rows(tok, make, cfg, episodes)
+    expected_actions = sum(len(_true_runs(m)) for _, m in rows)
+    env = make()
+    played = 0
+    for k in range(episodes):  # the rows are the expert's episodes on the probe seeds, one run per action
+        env.reset(PROBE_SEED_BASE + k)
+        while not env.done:
+            env.step(wrap_action(env.expert_action()))
+            played += 1
+    assert expected_actions == played
+    got = expert_prob(policy.eval(), rows, tok.pad_token_id, "cpu", chunk=chunk)
+    assert abs(got - _brute_force(policy, rows)) < 1e-5
