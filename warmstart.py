@@ -128,9 +128,10 @@ def _true_runs(mask: list[bool]) -> list[int]:
     return runs
 
 
-def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False) -> dict:
+def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False, on_step=None) -> dict:
     """SFT on `warmstart_episodes` noisy-expert episodes; returns the demos' success rate and the loss.
-    `progress` shows a tqdm bar over the optimiser steps."""
+    `progress` shows a tqdm bar over the optimiser steps; ``on_step(step, loss)``, if given, is called
+    after every optimiser step (bench.warmstart_probe evaluates the policy there)."""
     env, rng = make(), np.random.default_rng(cfg.seed)
     demos, wins = [], []  # demos[k]: the rows of episode k
     for k in range(cfg.warmstart_episodes):
@@ -163,6 +164,9 @@ def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False) -> 
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            if on_step is not None:
+                on_step(len(losses), losses[-1])
+                policy.train()
     bar.close()
     return {"demo_success": float(np.mean(wins)), "episodes": len(demos), "final_loss": float(np.mean(losses[-10:]))}
 

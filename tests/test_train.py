@@ -215,3 +215,13 @@ def test_prm_probe_cache_gives_the_same_batches(tmp_path, capsys):
     assert str(first) == str(second)  # nan-safe equality of every number
     prm_probe(argv + ["--q-reduce", "mean"])
     assert "batches loaded" in capsys.readouterr().out
+
+
+def test_warmstart_probe_reports_the_expert_probability_per_step(tmp_path, capsys):
+    from bench.warmstart_probe import main as probe
+    out = probe(["--every", "2", "--probe-episodes", "2", "--tasks", "2", "--", "--env", "sokoban", "--preset", "tiny",
+                 "--max-steps", "4", "--warmstart-episodes", "40", "--warmstart-epochs", "1", "--out-dir", str(tmp_path)])
+    assert [r["step"] for r in out] == [0, 2, 3]  # 40 episodes in steps of 16: 3 steps, the last probed at the end
+    assert all(0 < r["expert_prob"] < 1 for r in out)
+    text = capsys.readouterr().out
+    assert "held-out success on 2 tasks" in text and "uniform random actions" in text

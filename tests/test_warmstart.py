@@ -56,3 +56,22 @@ def test_expert_prob_is_the_mean_probability_of_each_expert_action(sokoban_setup
     assert expected_actions == played
     got = expert_prob(policy.eval(), rows, tok.pad_token_id, "cpu", chunk=chunk)
     assert abs(got - _brute_force(policy, rows)) < 1e-5
+
+
+def test_warm_start_raises_the_probability_of_the_expert_action():
+    """On the corridor (test_learning.py; expert: always "left"), demos with 80% random actions give
+    p(left) = 0.2 + 0.8 / 2 = 0.6 per step: the probed probability climbs from ~0 (the fresh model
+    does not even know the answer format) towards it, and is reported after every step."""
+    from test_learning import TEXTS, Corridor, _cfg
+
+    from model import build_default_model, build_tokenizer
+    from warmstart import warm_start
+    tok = build_tokenizer(TEXTS, vocab_size=300)
+    policy = build_default_model(tok, "tiny", seed=0)
+    cfg = _cfg("rloo", True)
+    rows = expert_rows(tok, Corridor, cfg, 4)
+    seen = []
+    warm_start(policy, tok, Corridor, cfg, "cpu", on_step=lambda step, loss: seen.append(
+        (step, expert_prob(policy.eval(), rows, tok.pad_token_id, "cpu"))))
+    assert [s for s, _ in seen] == list(range(1, len(seen) + 1))
+    assert seen[0][1] < 0.1 and 0.45 < seen[-1][1] < 0.75, seen[::8]
