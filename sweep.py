@@ -26,6 +26,8 @@ summary (``<out>/results.md``, ``<out>/curves.png``) has per variant, mean ± st
     first reaches ``--threshold``, over the runs that reached it ("k/n reached");
   * where the env labels its steps (Sokoban), ``credit/adv_auc`` averaged over a run's iterations:
     how well the advantage the policy was trained on ranked good steps above bad ones (credit.py).
+  * ``eval/expert_prob`` at the first and the last evaluation: the policy's probability of the
+    expert's action on held-out expert episodes, what it knows without sampling noise (train.py).
 
 Deviations from the paper: none in the method; the paper reports one run per configuration.
 """
@@ -147,6 +149,11 @@ def _ms(xs: list[float], fmt: str = "{:.3f}") -> str:
     return fmt.format(np.mean(xs)) + (" ± " + fmt.format(np.std(xs)) if len(xs) > 1 else "")
 
 
+def _arrow(pairs: list[list[float]]) -> str:
+    """'before → after' (each mean ± std over runs) of (first, last) pairs; '-' without any."""
+    return f"{_ms([a for a, _ in pairs])} → {_ms([b for _, b in pairs])}" if pairs else "-"
+
+
 def summarise(run_dirs: list[Path], threshold: float = 0.5, window: int = 5) -> str:
     """The markdown table described in the module docstring."""
     runs = {}
@@ -161,12 +168,14 @@ def summarise(run_dirs: list[Path], threshold: float = 0.5, window: int = 5) -> 
             success=np.array([r["env/success"] for r in train_rows], dtype=float),
             greedy=evals[-1]["eval/success_greedy"] if evals else None,
             sampled=evals[-1].get("eval/success_sampled") if evals else None,
-            credit=[r[k] for r in train_rows for k in ("credit/adv_auc",) if r.get(k) is not None]))
+            credit=[r[k] for r in train_rows for k in ("credit/adv_auc",) if r.get(k) is not None],
+            expert=[e["eval/expert_prob"] for e in (evals[:1] + evals[-1:] if len(evals) > 1 else []) if e.get("eval/expert_prob") is not None]))
     budget = min(r["steps"][-1] for rs in runs.values() for r in rs)
     lines = [f"| variant | runs | final eval success, greedy | final eval success, sampled | training success at "
              f"{budget:,.0f} env steps | training success, last 10% of iterations | env steps to {threshold:.0%} "
-             f"training success (running mean of {window}) | step credit AUC of the advantage, mean over iterations |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"training success (running mean of {window}) | step credit AUC of the advantage, mean over iterations | "
+             f"expert-action probability, before RL → final eval |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, rs in sorted(runs.items()):
         at_budget = [float(np.interp(budget, r["steps"], r["success"])) for r in rs]
         last = [float(r["success"][-max(1, len(r["success"]) // 10):].mean()) for r in rs]
@@ -174,7 +183,8 @@ def summarise(run_dirs: list[Path], threshold: float = 0.5, window: int = 5) -> 
         lines.append(f"| {label} | {len(rs)} | {_ms([r['greedy'] for r in rs if r['greedy'] is not None])} | "
                      f"{_ms([r['sampled'] for r in rs if r['sampled'] is not None])} | {_ms(at_budget)} | {_ms(last)} | "
                      f"{_ms(reach, '{:,.0f}')} ({len(reach)}/{len(rs)} reached) | "
-                     f"{_ms([float(np.mean(r['credit'])) for r in rs if r['credit']])} |")
+                     f"{_ms([float(np.mean(r['credit'])) for r in rs if r['credit']])} | "
+                     f"{_arrow([r['expert'] for r in rs if len(r['expert']) == 2])} |")
     return "\n".join(lines) + "\n"
 
 

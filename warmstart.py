@@ -12,6 +12,12 @@ the policy will act in. The result succeeds sometimes but far from always (targe
 10-40% on held-out tasks), which is the regime where group-relative RL and iStar's preference
 pairs have signal. Skipped automatically when --model loads a pretrained LM.
 
+Success alone can mislead: on Sokoban uniformly random moves win ~22% of the levels, and the
+default budget (3 passes over 1,500 episodes, ~280 steps) teaches the answer format but leaves the
+move itself uniform (README Results, "Read this first"). ``expert_prob`` measures what the policy
+knows instead: its probability of the expert's action along held-out expert episodes (train.py
+logs it as ``eval/expert_prob``; ``python -m bench.warmstart_probe`` per SFT step).
+
 Warm starts are cached (``cached_warm_start``, ``--warmstart-cache``): a run whose warm-start
 settings equal an earlier or concurrent run's loads that policy instead of training again, so the
 variants of one seed in a sweep start RL from the identical policy.

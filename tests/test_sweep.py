@@ -28,10 +28,10 @@ def _fake_run(root: Path, name: str, algo: str, istar: bool, success: list[float
     d = root / name
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"algo": algo, "istar": istar}))
-    rows = [{"iteration": 0, "env_steps": 0, "eval/success_greedy": 0.0, "eval/success_sampled": 0.0}]
+    rows = [{"iteration": 0, "env_steps": 0, "eval/success_greedy": 0.0, "eval/success_sampled": 0.0, "eval/expert_prob": 0.25}]
     rows += [{"iteration": i + 1, "env_steps": (i + 1) * steps_per_iter, "env/success": s, "credit/adv_auc": 0.5 + s / 4}
              for i, s in enumerate(success)]
-    rows[-1].update({"eval/success_greedy": evals[0], "eval/success_sampled": evals[1]})
+    rows[-1].update({"eval/success_greedy": evals[0], "eval/success_sampled": evals[1], "eval/expert_prob": 0.25 + evals[0] / 2})
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return d
 
@@ -47,9 +47,12 @@ def test_summary_numbers(tmp_path):
     rloo = next(x for x in lines if x.startswith("| RLOO w/ iStar |"))
     # RLOO runs at 250 steps: a0 interpolates 0.5..1.0 -> 0.75, a1 0.0..0.5 -> 0.25: mean 0.5 ± 0.25
     # credit AUC 0.5 + success/4 per iteration: a0 mean success 0.625 -> 0.65625, a1 0.375 -> 0.59375
-    assert rloo.split("|")[2:9] == [" 2 ", " 0.625 ± 0.125 ", " 0.250 ± 0.000 ", " 0.500 ± 0.250 ",
-                                    " 1.000 ± 0.000 ", " 250 ± 50 (2/2 reached) ", " 0.625 ± 0.031 "]
-    assert grpo.split("|")[2:9] == [" 1 ", " 0.000 ", " 0.100 ", " 0.200 ", " 0.200 ", " - (0/1 reached) ", " 0.520 "]
+    # expert-action probability 0.25 before RL, 0.25 + greedy / 2 at the end: a0 0.5, a1 0.625
+    assert rloo.split("|")[2:10] == [" 2 ", " 0.625 ± 0.125 ", " 0.250 ± 0.000 ", " 0.500 ± 0.250 ",
+                                     " 1.000 ± 0.000 ", " 250 ± 50 (2/2 reached) ", " 0.625 ± 0.031 ",
+                                     " 0.250 ± 0.000 → 0.562 ± 0.062 "]
+    assert grpo.split("|")[2:10] == [" 1 ", " 0.000 ", " 0.100 ", " 0.200 ", " 0.200 ", " - (0/1 reached) ", " 0.520 ",
+                                     " 0.250 → 0.250 "]
 
 
 def test_a_real_sweep_runs_and_writes_its_table(tmp_path):
