@@ -107,7 +107,7 @@ PRESETS: dict[str, dict] = {
     "sotopia": dict(tasks_per_iter=16, group_size=8, algo="grpo", max_action_tokens=32),
     # A CPU smoke run: two iterations end to end in well under a minute.
     "tiny": dict(model_size="tiny", vocab_size=384, tasks_per_iter=2, group_size=2, iterations=2, warmstart_episodes=8,
-                 warmstart_epochs=1, eval_tasks=2, eval_every=1, save_every=1, max_action_tokens=16, max_context=512),
+                 warmstart_epochs=1, eval_tasks=2, eval_every=1, save_every=1, max_action_tokens=16, max_context=1024),
 }
 
 

@@ -225,3 +225,15 @@ def test_warmstart_probe_reports_the_expert_probability_per_step(tmp_path, capsy
     assert all(0 < r["expert_prob"] < 1 for r in out)
     text = capsys.readouterr().out
     assert "held-out success on 2 tasks" in text and "uniform random actions" in text
+
+
+@pytest.mark.parametrize("env", ["webshop", "sotopia"])
+def test_other_envs_run_end_to_end(tmp_path, env):
+    """``--env webshop`` and ``--env sotopia`` run the same loop: one iteration with both evaluations."""
+    cfg, _ = parse_config(["--env", env, "--preset", "tiny", "--out-dir", str(tmp_path), "--kernels", "reference",
+                           "--iterations", "1", "--eval-tasks", "1", "--max-steps", "3"])
+    summary = train(cfg)
+    got = rows(tmp_path / f"{env}-{cfg.algo}-istar-s0")
+    assert [r["iteration"] for r in got] == [0, 1]
+    assert math.isfinite(got[1]["policy/pg_loss"]) and 0 <= got[1]["env/success"] <= 1
+    assert 0 <= summary["before"]["eval/expert_prob"] <= 1 and 0 <= summary["after"]["eval/expert_prob"] <= 1
