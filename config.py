@@ -31,7 +31,7 @@ class Config:
     warmstart: str = knob("auto", "SFT on noisy expert demos before RL: auto (only for the locally built model) | on | off", "model", ["auto", "on", "off"])
     warmstart_episodes: int = knob(1500, "number of demonstration episodes for the warm start", "model")
     warmstart_random_frac: float = knob(0.3, "fraction of demo actions replaced by random ones (keeps the start imperfect; the Sokoban preset: 0, the small model stays imperfect by itself)", "model")
-    warmstart_epochs: int = knob(3, "passes over the demonstrations (in steps of 16 episodes; the default 3 x 1,500 teaches the answer format, not yet how to read a Sokoban board: python -m bench.warmstart_probe)", "model")
+    warmstart_epochs: int = knob(3, "passes over the demonstrations (in steps of 16 episodes; how much of a Sokoban board a budget teaches: python -m bench.warmstart_probe)", "model")
     warmstart_lr: float = knob(1e-3, "learning rate of the warm start", "model")
     warmstart_cache: bool = knob(True, "reuse the warm start of a run with identical warm-start settings (<out_dir>/.warmstart/)", "model")
     # --- rollout --------------------------------------------------------------------------

@@ -17,9 +17,9 @@ hardly learned to read the board in 1,000 SFT steps (held-out expert-action prob
 0.29), on the expert's moves alone it passed 0.40 by step 300 and still started imperfect (27%
 sampled success, random moves 25%; README Results).
 
-Success alone can mislead: on Sokoban uniformly random moves win ~22% of the levels, and the
-default budget (3 passes over 1,500 episodes, ~280 steps) teaches the answer format but leaves the
-move itself uniform (README Results, "Read this first"). ``expert_prob`` measures what the policy
+Success alone can mislead: on Sokoban uniformly random moves win ~22% of the levels, and with 30%
+random labels a warm start of ~150-300 steps taught the answer format but left the move itself
+uniform, at that same success (README Results, "Read this first"). ``expert_prob`` measures what the policy
 knows instead: its probability of the expert's action along held-out expert episodes (train.py
 logs it as ``eval/expert_prob``; ``python -m bench.warmstart_probe`` per SFT step).
 
