@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 
@@ -32,7 +33,8 @@ class Config:
     warmstart_episodes: int = knob(1500, "number of demonstration episodes for the warm start", "model")
     warmstart_random_frac: float = knob(0.3, "fraction of demo actions replaced by random ones (keeps the start imperfect; the Sokoban preset: 0, the small model stays imperfect by itself)", "model")
     warmstart_epochs: int = knob(3, "passes over the demonstrations (in steps of 16 episodes; how much of a Sokoban board a budget teaches: python -m bench.warmstart_probe)", "model")
-    warmstart_lr: float = knob(1e-3, "learning rate of the warm start", "model")
+    warmstart_lr: float = knob(1e-3, "peak learning rate of the warm start", "model")
+    warmstart_schedule: str = knob("cosine", "warm-start lr over its steps: cosine = linear warm-up over the first twentieth of the steps, then cosine decay to a tenth of the peak | constant (the schedule of runs before 2026-12-05)", "model", ["cosine", "constant"])
     warmstart_cache: bool = knob(True, "reuse the warm start of a run with identical warm-start settings (<out_dir>/.warmstart/)", "model")
     # --- rollout --------------------------------------------------------------------------
     tasks_per_iter: int = knob(32, "N tasks (env seeds) per iteration (paper: Sokoban 32, WebShop 16)", "rollout")
@@ -114,6 +116,16 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Fields added after runs were saved, with the value every run saved before them used: a run folder's
+# config.json without the field means that value (resume, replay and bench.heldout rebuild it exactly).
+LEGACY_DEFAULTS: dict[str, object] = {"warmstart_schedule": "constant"}
+
+
+def saved_config(path) -> dict:
+    """The fields of a run folder's ``config.json`` (train.py writes it), completed with LEGACY_DEFAULTS."""
+    return {**LEGACY_DEFAULTS, **json.loads(open(path).read())}
+
+
 def _parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -132,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         flag = "--" + f.name.replace("_", "-")
         if f.type in (bool, "bool"):
-            group.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, help=meta["doc"] + f" (default: {f.default})")
+            group.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, help=meta["doc"].replace("%", "%%") + f" (default: {f.default})")
             group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", default=None, help=argparse.SUPPRESS)
         else:
             typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            group.add_argument(flag, type=typ, default=None, choices=meta["choices"], help=meta["doc"] + f" (default: {f.default!r})")
+            group.add_argument(flag, type=typ, default=None, choices=meta["choices"], help=meta["doc"].replace("%", "%%") + f" (default: {f.default!r})")
     run = parser.add_argument_group("commands")
     run.add_argument("--preset", default=None, choices=sorted(PRESETS), help="apply a preset on top of the env's (e.g. tiny for a CPU smoke run)")
     run.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run saved in RUN_DIR exactly where it stopped")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import Config
+from config import Config, saved_config
 from envs import make_env
 from model import load_model, token_logprobs
 from prm import step_rewards
@@ -34,7 +34,7 @@ def _load(run_dir: Path, name: str):
 
 @torch.no_grad()
 def replay_episode(run_dir: Path, cli_cfg: Config) -> list[dict]:
-    cfg = Config(**json.loads((run_dir / "config.json").read_text()))
+    cfg = Config(**saved_config(run_dir / "config.json"))
     policy, tokenizer = _load(run_dir, "policy")
     prm, _ = _load(run_dir, "prm")
     kwargs = {"max_steps": cfg.max_steps} if cfg.max_steps else {}

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from config import parse_config
+from config import parse_config, saved_config
 from plot import plot_runs, read_run
 
 ALGOS = ("rloo", "grpo", "reinforce++")
@@ -68,7 +68,7 @@ def job_args(run: Path, args: list[str]) -> list[str] | None:
     saved = run / "config.json"
     if not saved.is_file():
         return args
-    want, have = dataclasses.asdict(parse_config(args)[0]), json.loads(saved.read_text())
+    want, have = dataclasses.asdict(parse_config(args)[0]), saved_config(saved)
     diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
     if diff:
         raise ValueError(f"sweep: {run} holds a run with other settings ({'; '.join(diff)}); pass another --out")

@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 import distributed
-from config import Config, parse_config
+from config import Config, parse_config, saved_config
 from envs import make_env
 from istar import NonFiniteError, istar_update
 from model import build_default_model, build_tokenizer, clone_model, load_model, save_model
@@ -388,7 +388,7 @@ if __name__ == "__main__":
     elif args.show:
         show(args.show, cfg)
     elif args.resume:
-        saved = json.loads((Path(args.resume) / "config.json").read_text())
+        saved = saved_config(Path(args.resume) / "config.json")
         saved.update({k: v for k, v in dataclasses.asdict(cfg).items() if k in ("iterations", "device", "eval_every", "save_every", "fsdp")
                       and f"--{k.replace('_', '-')}" in " ".join(sys.argv)})  # allow extending a run
         train(Config(**saved), resume=args.resume)

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from config import Config
+from config import Config, saved_config
 from model import load_model
 from envs.base import wrap_action
 from train import env_factory, evaluate, resolve_device
@@ -35,7 +34,7 @@ def run_config(run_dir: Path, tasks: int, temperature: float) -> Config:
     path = run_dir / "config.json"
     if not path.is_file():
         raise SystemExit(f"bench.heldout: {run_dir} has no config.json (not a train.py run folder)")
-    return dataclasses.replace(Config(**json.loads(path.read_text())), eval_tasks=tasks, eval_temperature=temperature)
+    return dataclasses.replace(Config(**saved_config(path)), eval_tasks=tasks, eval_temperature=temperature)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""warmstart.py's expert probe: the policy's probability of the expert's action, against a plain forward."""
+"""warmstart.py: the expert probe (the policy's probability of the expert's action, against a plain forward) and the lr schedule."""
 import itertools
 
 import numpy as np
@@ -75,3 +75,53 @@ def test_warm_start_raises_the_probability_of_the_expert_action():
         (step, expert_prob(policy.eval(), rows, tok.pad_token_id, "cpu"))))
     assert [s for s, _ in seen] == list(range(1, len(seen) + 1))
     assert seen[0][1] < 0.1 and 0.45 < seen[-1][1] < 0.75, seen[::8]
+
+
+@given(total=st.integers(1, 5000), peak=st.floats(1e-6, 1.0))
+def test_cosine_schedule_warms_up_then_decays_to_a_tenth(total, peak):
+    """Linear warm-up to the peak over the first 5% of the steps, then monotone cosine decay ending at
+    peak / 10; never above the peak or below a tenth of it after the warm-up."""
+    from warmstart import warmstart_lr
+    lrs = [warmstart_lr(s, total, peak, "cosine") for s in range(total)]
+    warmup = max(1, -(-total * 5 // 100))
+    assert all(0 < lr <= peak * (1 + 1e-12) for lr in lrs)
+    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup]))  # the warm-up rises
+    if total > warmup:
+        assert abs(lrs[warmup] - peak) < 1e-9 * peak  # the decay starts at the peak ...
+        assert all(b <= a * (1 + 1e-12) for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))  # ... falls monotonically ...
+        assert abs(lrs[-1] - peak / 10) < 1e-9 * peak or total - warmup == 1  # ... and ends at a tenth
+    assert [warmstart_lr(s, total, peak, "constant") for s in range(total)] == [peak] * total
+
+
+def test_warm_start_follows_its_schedule_and_constant_keeps_old_caches(tmp_path):
+    """The optimiser's lr at each step is the schedule's; the cache key of ``constant`` is the one
+    written before the setting existed (the settings without it), so those caches are still found."""
+    import hashlib
+    import json
+    from unittest import mock
+
+    from test_learning import TEXTS, Corridor, _cfg
+
+    from model import build_default_model, build_tokenizer
+    from warmstart import WARMSTART_KEYS, _vocab_hash, cache_dir, warm_start, warmstart_lr
+    tok = build_tokenizer(TEXTS, vocab_size=300)
+    policy = build_default_model(tok, "tiny", seed=0)
+    cfg = _cfg("rloo", True)
+    cfg.warmstart_episodes, cfg.warmstart_epochs = 48, 7  # 3 batches of 16 episodes per epoch: 21 steps, 2 warm-up
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(opt, *a, **k):
+        seen.append(opt.param_groups[0]["lr"])
+        return real_step(opt, *a, **k)
+
+    with mock.patch.object(torch.optim.AdamW, "step", spy):
+        warm_start(policy, tok, Corridor, cfg, "cpu")
+    assert seen == [warmstart_lr(s, 21, cfg.warmstart_lr, "cosine") for s in range(21)]
+    assert seen[0] < seen[1] == cfg.warmstart_lr and abs(seen[-1] - cfg.warmstart_lr / 10) < 1e-12
+
+    cfg.out_dir = str(tmp_path)
+    cosine = cache_dir(cfg, tok)
+    cfg.warmstart_schedule = "constant"
+    old = json.dumps({**{k: getattr(cfg, k) for k in WARMSTART_KEYS}, "vocab": _vocab_hash(tok)}, sort_keys=True)
+    assert cache_dir(cfg, tok).name == hashlib.sha1(old.encode()).hexdigest()[:16] != cosine.name
