@@ -14,9 +14,10 @@
 #   lrprobe  lr_probe.md    python -m bench.lr_probe: one update's KL per policy learning rate (PROBE_LRS)
 #                           on one Sokoban batch of 8 tasks x 8 (the probe's default)
 #   warmstart warmstart.md  python -m bench.warmstart_probe: the held-out expert-action probability per
-#                           warm-start step over WS_EPOCHS (12: ~1,100 steps) passes of the default 1,500 demos (does the
-#                           default model learn to read the board, and after how many steps?), then
-#                           held-out success of the result and of uniformly random moves
+#                           warm-start step over WS_EPOCHS (3) passes of WS_EPISODES (6,000, four times the
+#                           default) demos, ~1,100 steps (on the CPU, 6 passes over the default 1,500 gained
+#                           little over 3: does more data teach the board?), then held-out success of the
+#                           result and of uniformly random moves
 #   sweep    results.md, curves.png, metrics.tar.gz
 #                           sweep.py on Sokoban, VARIANTS x SEEDS in parallel, stopped gracefully
 #                           (sweep.py --deadline-min) STOP_MARGIN_S before the budget ends: learning
@@ -34,7 +35,8 @@ OUT=${OUT:-runs/gpu-evidence}
 BUDGET_S=${BUDGET_S:-540}
 STOP_MARGIN_S=${STOP_MARGIN_S:-100}  # a run's iteration in flight + final evaluation + checkpoint, and the table
 STAGES=${STAGES:-env kernels rollout lrprobe warmstart sweep tests}
-WS_EPOCHS=${WS_EPOCHS:-12}
+WS_EPOCHS=${WS_EPOCHS:-3}
+WS_EPISODES=${WS_EPISODES:-6000}
 PROBE_LRS=${PROBE_LRS:-1e-4,3e-4,1e-3,3e-3}
 GPU_TESTS=${GPU_TESTS:-tests/test_engine.py tests/test_kernels.py}
 VARIANTS=${VARIANTS:-rloo+istar,grpo,rloo}
@@ -89,7 +91,7 @@ stage kernels 120 kernels.md "$PY" bench/kernels.py
 stage rollout 150 rollout.md "$PY" -m bench.rollout --batches 1,64,512 --serial-cap 4 --profile 30
 stage lrprobe 120 lr_probe.md "$PY" -m bench.lr_probe --lrs "$PROBE_LRS" -- --env sokoban
 stage warmstart 240 warmstart.md "$PY" -m bench.warmstart_probe --every 250 --tasks 256 -- --env sokoban \
-    --warmstart-epochs "$WS_EPOCHS"
+    --warmstart-episodes "$WS_EPISODES" --warmstart-epochs "$WS_EPOCHS"
 
 sweep_pid=
 if wanted sweep; then
