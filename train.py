@@ -234,9 +234,21 @@ class GracefulStop:
             signal.signal(sig, old)
 
 
+def collapse_warning(row: dict) -> str | None:
+    """The message for an iteration whose training rollouts had no valid action at all: every episode then
+    earns the same penalties, every advantage is 0 and RL cannot leave that state (README Results: one
+    update at lr 3e-4, α = 4 did this to the small model). None otherwise."""
+    if row.get("env/invalid_frac", 0.0) < 1.0:
+        return None
+    return (f"iteration {row['iteration']}: every action of every training rollout was invalid (env/invalid_frac 1.0): "
+            "the returns are all equal, every advantage is 0 and RL cannot recover. An update broke the answer format; "
+            "--resume from an earlier checkpoint with a lower --lr (or --step-adv-coef).")
+
+
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
+
 def train(cfg: Config, resume: str | None = None) -> dict:
     # --- config, run folder, seeding ---
     device = distributed.setup(resolve_device(cfg))  # torchrun: join the process group; else unchanged
@@ -291,7 +303,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                   f"expert action prob {summary['before']['eval/expert_prob']:.3f}")
 
     bar = tqdm(range(start + 1, cfg.iterations + 1), initial=start, total=cfg.iterations, desc=run_dir.name, dynamic_ncols=True, disable=not main)
-    interrupted = False
+    interrupted = collapsed = False
     with GracefulStop() as stop:  # SIGTERM / Ctrl-C end the run after the iteration in flight
         for it in bar:
             # ALGO LOGIC: one iteration of paper Algorithm 1
@@ -333,6 +345,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                     row.update(evaluate(policy, tokenizer, make, cfg, device))
             if main:
                 log_metrics(run_dir, row, writer)
+                if not collapsed and (msg := collapse_warning(row)):
+                    tqdm.write(msg)  # once per run
+                    collapsed = True
             prm_acc = row.get("prm/acc", row.get("prm/ce_acc"))  # absent without iStar
             bar.set_postfix(success=f"{row['env/success']:.2f}", ret=f"{row['env/return']:.2f}",
                             prm_acc="-" if prm_acc is None else f"{prm_acc:.2f}", kl=f"{row['policy/approx_kl']:.1e}")

@@ -256,3 +256,13 @@ def test_a_run_saved_before_a_field_existed_loads_with_the_value_it_used(tmp_pat
     assert run_config(tmp_path / "old", 5, 0.4).warmstart_schedule == "constant"
     assert run_config(tmp_path / "new", 5, 0.4).warmstart_schedule == "cosine"
     assert saved_config(tmp_path / "new" / "config.json") == fields
+
+
+def test_a_run_whose_rollouts_are_all_invalid_is_flagged():
+    """All-invalid training rollouts (a collapsed answer format) get a message naming the iteration and the
+    way out; any valid action, or no rollout stats, get none."""
+    from train import collapse_warning
+    msg = collapse_warning({"iteration": 6, "env/invalid_frac": 1.0})
+    assert msg and "iteration 6" in msg and "--resume" in msg and "--lr" in msg
+    assert collapse_warning({"iteration": 5, "env/invalid_frac": 0.999}) is None
+    assert collapse_warning({"iteration": 1}) is None
