@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def knob(default, doc: str, group: str, choices=None):
@@ -123,7 +124,7 @@ LEGACY_DEFAULTS: dict[str, object] = {"warmstart_schedule": "constant"}
 
 def saved_config(path) -> dict:
     """The fields of a run folder's ``config.json`` (train.py writes it), completed with LEGACY_DEFAULTS."""
-    return {**LEGACY_DEFAULTS, **json.loads(open(path).read())}
+    return {**LEGACY_DEFAULTS, **json.loads(Path(path).read_text())}
 
 
 def _parse_bool(text: str) -> bool:

@@ -241,8 +241,9 @@ def collapse_warning(row: dict) -> str | None:
     if row.get("env/invalid_frac", 0.0) < 1.0:
         return None
     return (f"iteration {row['iteration']}: every action of every training rollout was invalid (env/invalid_frac 1.0): "
-            "the returns are all equal, every advantage is 0 and RL cannot recover. An update broke the answer format; "
-            "--resume from an earlier checkpoint with a lower --lr (or --step-adv-coef).")
+            "the returns are all equal, every advantage is 0 and RL cannot recover. An update broke the answer format "
+            "(checkpoint.pt will hold the broken policy from the next save on); start again with a lower --lr "
+            "(or --step-adv-coef).")
 
 
 # ---------------------------------------------------------------------------------------------
