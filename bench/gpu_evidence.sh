@@ -14,9 +14,9 @@
 #   lrprobe  lr_probe.md    python -m bench.lr_probe: one update's KL per policy learning rate (PROBE_LRS)
 #                           on one Sokoban batch of 8 tasks x 8 (the probe's default)
 #   warmstart warmstart.md  python -m bench.warmstart_probe: the held-out expert-action probability per
-#                           warm-start step over WS_EPOCHS (3) passes of WS_EPISODES (6,000, four times the
-#                           default) demos, ~1,100 steps (on the CPU, 6 passes over the default 1,500 gained
-#                           little over 3: does more data teach the board?), then held-out success of the
+#                           warm-start step over WS_EPOCHS (3) passes of WS_EPISODES (12,000, twice the
+#                           Sokoban preset's) demos, ~2,250 steps (on the CPU, 6,000 x 3 reached 0.50 and was
+#                           still rising: does more data take it further?), then held-out success of the
 #                           result and of uniformly random moves
 #   sweep    results.md, curves.png, metrics.tar.gz
 #                           sweep.py on Sokoban, VARIANTS x SEEDS in parallel, stopped gracefully
@@ -36,7 +36,7 @@ BUDGET_S=${BUDGET_S:-540}
 STOP_MARGIN_S=${STOP_MARGIN_S:-100}  # a run's iteration in flight + final evaluation + checkpoint, and the table
 STAGES=${STAGES:-env kernels rollout lrprobe warmstart sweep tests}
 WS_EPOCHS=${WS_EPOCHS:-3}
-WS_EPISODES=${WS_EPISODES:-6000}
+WS_EPISODES=${WS_EPISODES:-12000}
 PROBE_LRS=${PROBE_LRS:-1e-4,3e-4,1e-3,3e-3}
 GPU_TESTS=${GPU_TESTS:-tests/test_engine.py tests/test_kernels.py}
 VARIANTS=${VARIANTS:-rloo+istar,grpo,rloo}
