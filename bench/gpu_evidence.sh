@@ -89,7 +89,7 @@ export -f versions pack sweep  # so that timeout can run them (bash -c)
 stage env 30 env.txt bash -c versions
 stage kernels 120 kernels.md "$PY" bench/kernels.py
 stage rollout 150 rollout.md "$PY" -m bench.rollout --batches 1,64,512 --serial-cap 4 --profile 30
-stage lrprobe 120 lr_probe.md "$PY" -m bench.lr_probe --lrs "$PROBE_LRS" -- --env sokoban
+stage lrprobe 120 lr_probe.md "$PY" -m bench.lr_probe --lrs "$PROBE_LRS" -- --env sokoban --out-dir "$SWEEP_DIR"
 stage warmstart 240 warmstart.md "$PY" -m bench.warmstart_probe --every 250 --tasks 256 -- --env sokoban \
     --warmstart-episodes "$WS_EPISODES" --warmstart-epochs "$WS_EPOCHS"
 
