@@ -249,7 +249,6 @@ def collapse_warning(row: dict) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
-
 def train(cfg: Config, resume: str | None = None) -> dict:
     # --- config, run folder, seeding ---
     device = distributed.setup(resolve_device(cfg))  # torchrun: join the process group; else unchanged
