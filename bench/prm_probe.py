@@ -15,7 +15,12 @@ r_φ has no policy-drift term):
    advantage A^E + α·A^S (E7) next to ``credit/episode_auc`` of A^E alone; and what r_φ follows:
    ``live_auc``, the AUC of r_φ for steps taken from a solvable state against steps taken in a dead
    end (no move helps there, so the credit AUCs leave those steps out), and its within-group
-   correlation with the action's log π_θold and with the step's index.
+   correlation with the action's log π_θold and with the step's index. Two more AUCs separate
+   step credit from trajectory ranking: ``traj_auc``, the AUC of r_φ over (good, bad) pairs of
+   steps *of the same trajectory* (A^E is constant there, so this is credit the outcome cannot
+   give: 0.5 for any episode-level advantage), and ``policy_auc``, the AUC of the sampling
+   policy's own log π_θold of the action (what the PRM starts from: does r_φ know more than the
+   policy's confidence?).
 
 AUC 0.5 is chance. iStar's step term helps credit assignment where adv_auc > episode_auc.
 
@@ -77,9 +82,14 @@ def held_out_stats(prm, batch, old_logp, cfg) -> dict:
     step_old = trajectory_scores(old_logp, batch.step_cu, "sum")  # (S,) log π_θold of each whole action
     live = (batch.step_optimal >= 0).to(torch.int8)  # (S,) 1 = a labelled step, 0 = a step from a dead end
     wins, pairs = within_group_auc(reward, live, group)
+    traj = torch.repeat_interleave(torch.arange(batch.num_traj, device=steps.device), steps)  # (S,) trajectory of each step
+    traj_wins, traj_pairs = within_group_auc(reward, batch.step_optimal, traj)  # pairs inside one trajectory
+    policy_wins, policy_pairs = within_group_auc(step_old, batch.step_optimal, group)
     return {"acc": dpo["prm/acc"], "margin": dpo["prm/margin"], "pairs": dpo["prm/num_pairs"],
             **{k.split("/")[1]: v for k, v in adv.items() if k.startswith("credit/")},
             "live_auc": wins / pairs if pairs else float("nan"),
+            "traj_auc": traj_wins / traj_pairs if traj_pairs else float("nan"),
+            "policy_auc": policy_wins / policy_pairs if policy_pairs else float("nan"),
             "corr_old_logp": _within_group_corr(reward, step_old, group),
             "corr_step_index": _within_group_corr(reward, index.to(reward.dtype), group)}
 
@@ -152,8 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     won, n = sum(int(b.won.sum()) for b, _ in batches), sum(b.num_traj for b, _ in batches)
     print(f"{args.batches} batches of {cfg.tasks_per_iter}x{cfg.group_size} episodes ({won}/{n} won) in {time.time() - t0:.0f} s; "
           f"the last is held out; beta {cfg.beta}, Q = {cfg.q_reduce}, pairs = {cfg.pair_rule}")
-    cols = ["train_acc", "acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc", "live_auc",
-            "corr_old_logp", "corr_step_index"]
+    cols = ["train_acc", "acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc", "traj_auc",
+            "policy_auc", "live_auc", "corr_old_logp", "corr_step_index"]
     show = lambda r: print(f"{r['pass']:4d}  " + "  ".join(f"{r.get(c, float('nan')):>{len(c)}.4f}" for c in cols), flush=True)  # noqa: E731
     out = {}
     for lr in [float(x) for x in args.prm_lrs.split(",")]:

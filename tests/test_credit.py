@@ -1,5 +1,4 @@
 """credit.py: the within-group AUC against a brute-force count, and the credit/* metrics."""
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -110,3 +109,43 @@ def test_prm_probe_correlation_is_within_groups(values, shift):
     assert _within_group_corr(x, -x, group) == pytest.approx(-1.0)
     # a constant per group is no signal: adding one to a group changes nothing
     assert _within_group_corr(x + shift * (group == 0), x, group) == pytest.approx(1.0)
+
+
+def test_prm_probe_traj_and_policy_auc_match_a_brute_force_count(sokoban_setup, monkeypatch):
+    """bench.prm_probe.held_out_stats: traj_auc counts only (good, bad) pairs of one trajectory and
+    policy_auc scores log π_θold of each whole action within its group, each against a direct count."""
+    import copy
+
+    import bench.prm_probe as probe_mod
+    from config import Config
+    from istar import recompute_old_logp
+    from prm import trajectory_scores
+
+    tok, policy, batch = sokoban_setup
+    batch = copy.copy(batch)
+    S = int(batch.num_steps.sum())
+    gen = torch.Generator().manual_seed(1)
+    batch.step_optimal = torch.randint(-1, 2, (S,), generator=gen).to(torch.int8)  # (S,) good, bad and unlabelled
+    reward = torch.randn(S, generator=gen)  # (S,) a known r_φ
+    monkeypatch.setattr(probe_mod, "score_with_prm", lambda *a, **k: reward)
+    cfg = Config(model_size="tiny", kernels="reference", micro_batch=64)
+    old_logp = recompute_old_logp(policy, batch, cfg)
+    stats = probe_mod.held_out_stats(policy, batch, old_logp, cfg)
+
+    steps = batch.num_steps.tolist()
+    traj = [i for i, n in enumerate(steps) for _ in range(n)]
+    group = torch.repeat_interleave(batch.group_id, batch.num_steps.long()).tolist()
+    step_old = trajectory_scores(old_logp, batch.step_cu, "sum")  # (S,)
+    label = batch.step_optimal.tolist()
+
+    def count(score, same):
+        wins = pairs = 0
+        for i in range(S):
+            for j in range(S):
+                if label[i] == 1 and label[j] == 0 and same[i] == same[j]:
+                    pairs += 1
+                    wins += 1.0 if score[i] > score[j] else 0.5 if score[i] == score[j] else 0.0
+        return wins / pairs
+
+    assert stats["traj_auc"] == pytest.approx(count(reward.tolist(), traj))
+    assert stats["policy_auc"] == pytest.approx(count(step_old.tolist(), group))
