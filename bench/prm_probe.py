@@ -20,7 +20,8 @@ r_φ has no policy-drift term):
    steps *of the same trajectory* (A^E is constant there, so this is credit the outcome cannot
    give: 0.5 for any episode-level advantage), and ``policy_auc``, the AUC of the sampling
    policy's own log π_θold of the action (what the PRM starts from: does r_φ know more than the
-   policy's confidence?).
+   policy's confidence?). ``index_auc`` compares only steps of the same group taken at the same
+   step index, so a reward that merely falls with the step's position scores 0.5 there.
 
 AUC 0.5 is chance. iStar's step term helps credit assignment where adv_auc > episode_auc.
 
@@ -85,11 +86,14 @@ def held_out_stats(prm, batch, old_logp, cfg) -> dict:
     traj = torch.repeat_interleave(torch.arange(batch.num_traj, device=steps.device), steps)  # (S,) trajectory of each step
     traj_wins, traj_pairs = within_group_auc(reward, batch.step_optimal, traj)  # pairs inside one trajectory
     policy_wins, policy_pairs = within_group_auc(step_old, batch.step_optimal, group)
+    same_index = group * (int(index.max()) + 1) + index  # (S,) one id per (group, step index)
+    index_wins, index_pairs = within_group_auc(reward, batch.step_optimal, same_index)
     return {"acc": dpo["prm/acc"], "margin": dpo["prm/margin"], "pairs": dpo["prm/num_pairs"],
             **{k.split("/")[1]: v for k, v in adv.items() if k.startswith("credit/")},
             "live_auc": wins / pairs if pairs else float("nan"),
             "traj_auc": traj_wins / traj_pairs if traj_pairs else float("nan"),
             "policy_auc": policy_wins / policy_pairs if policy_pairs else float("nan"),
+            "index_auc": index_wins / index_pairs if index_pairs else float("nan"),
             "corr_old_logp": _within_group_corr(reward, step_old, group),
             "corr_step_index": _within_group_corr(reward, index.to(reward.dtype), group)}
 
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.batches} batches of {cfg.tasks_per_iter}x{cfg.group_size} episodes ({won}/{n} won) in {time.time() - t0:.0f} s; "
           f"the last is held out; beta {cfg.beta}, Q = {cfg.q_reduce}, pairs = {cfg.pair_rule}")
     cols = ["train_acc", "acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc", "traj_auc",
-            "policy_auc", "live_auc", "corr_old_logp", "corr_step_index"]
+            "index_auc", "policy_auc", "live_auc", "corr_old_logp", "corr_step_index"]
     show = lambda r: print(f"{r['pass']:4d}  " + "  ".join(f"{r.get(c, float('nan')):>{len(c)}.4f}" for c in cols), flush=True)  # noqa: E731
     out = {}
     for lr in [float(x) for x in args.prm_lrs.split(",")]:

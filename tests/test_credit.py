@@ -112,8 +112,9 @@ def test_prm_probe_correlation_is_within_groups(values, shift):
 
 
 def test_prm_probe_traj_and_policy_auc_match_a_brute_force_count(sokoban_setup, monkeypatch):
-    """bench.prm_probe.held_out_stats: traj_auc counts only (good, bad) pairs of one trajectory and
-    policy_auc scores log π_θold of each whole action within its group, each against a direct count."""
+    """bench.prm_probe.held_out_stats: traj_auc counts only (good, bad) pairs of one trajectory,
+    index_auc only pairs of one group at the same step index, and policy_auc scores log π_θold of
+    each whole action within its group, each against a direct count."""
     import copy
 
     import bench.prm_probe as probe_mod
@@ -147,5 +148,7 @@ def test_prm_probe_traj_and_policy_auc_match_a_brute_force_count(sokoban_setup, 
                     wins += 1.0 if score[i] > score[j] else 0.5 if score[i] == score[j] else 0.0
         return wins / pairs
 
+    index = [k for n in steps for k in range(n)]
     assert stats["traj_auc"] == pytest.approx(count(reward.tolist(), traj))
     assert stats["policy_auc"] == pytest.approx(count(step_old.tolist(), group))
+    assert stats["index_auc"] == pytest.approx(count(reward.tolist(), list(zip(group, index))))
