@@ -15,13 +15,13 @@ r_φ has no policy-drift term):
    advantage A^E + α·A^S (E7) next to ``credit/episode_auc`` of A^E alone; and what r_φ follows:
    ``live_auc``, the AUC of r_φ for steps taken from a solvable state against steps taken in a dead
    end (no move helps there, so the credit AUCs leave those steps out), and its within-group
-   correlation with the action's log π_θold and with the step's index. Two more AUCs separate
+   correlation with the action's log π_θold and with the step's index. Three more AUCs separate
    step credit from trajectory ranking: ``traj_auc``, the AUC of r_φ over (good, bad) pairs of
    steps *of the same trajectory* (A^E is constant there, so this is credit the outcome cannot
-   give: 0.5 for any episode-level advantage), and ``policy_auc``, the AUC of the sampling
-   policy's own log π_θold of the action (what the PRM starts from: does r_φ know more than the
-   policy's confidence?). ``index_auc`` compares only steps of the same group taken at the same
-   step index, so a reward that merely falls with the step's position scores 0.5 there.
+   give: 0.5 for any episode-level advantage); ``index_auc``, over pairs of one group taken at the
+   same step index (a reward that merely falls with the step's position scores 0.5 there); and
+   ``policy_auc``, the AUC of the sampling policy's own log π_θold of the action (what the PRM
+   starts from: does r_φ know more than the policy's confidence?).
 
 AUC 0.5 is chance. iStar's step term helps credit assignment where adv_auc > episode_auc.
 
@@ -82,18 +82,19 @@ def held_out_stats(prm, batch, old_logp, cfg) -> dict:
     index = torch.arange(int(steps.sum())) - torch.repeat_interleave(batch.traj_cu[:-1], steps)  # (S,) 0, 1, ... per episode
     step_old = trajectory_scores(old_logp, batch.step_cu, "sum")  # (S,) log π_θold of each whole action
     live = (batch.step_optimal >= 0).to(torch.int8)  # (S,) 1 = a labelled step, 0 = a step from a dead end
-    wins, pairs = within_group_auc(reward, live, group)
     traj = torch.repeat_interleave(torch.arange(batch.num_traj, device=steps.device), steps)  # (S,) trajectory of each step
-    traj_wins, traj_pairs = within_group_auc(reward, batch.step_optimal, traj)  # pairs inside one trajectory
-    policy_wins, policy_pairs = within_group_auc(step_old, batch.step_optimal, group)
     same_index = group * (int(index.max()) + 1) + index  # (S,) one id per (group, step index)
-    index_wins, index_pairs = within_group_auc(reward, batch.step_optimal, same_index)
+
+    def auc(score, label, ids):  # AUC over (good, bad) pairs sharing an id; nan without a pair
+        wins, pairs = within_group_auc(score, label, ids)
+        return wins / pairs if pairs else float("nan")
+
     return {"acc": dpo["prm/acc"], "margin": dpo["prm/margin"], "pairs": dpo["prm/num_pairs"],
             **{k.split("/")[1]: v for k, v in adv.items() if k.startswith("credit/")},
-            "live_auc": wins / pairs if pairs else float("nan"),
-            "traj_auc": traj_wins / traj_pairs if traj_pairs else float("nan"),
-            "policy_auc": policy_wins / policy_pairs if policy_pairs else float("nan"),
-            "index_auc": index_wins / index_pairs if index_pairs else float("nan"),
+            "live_auc": auc(reward, live, group),
+            "traj_auc": auc(reward, batch.step_optimal, traj),  # pairs inside one trajectory
+            "index_auc": auc(reward, batch.step_optimal, same_index),
+            "policy_auc": auc(step_old, batch.step_optimal, group),
             "corr_old_logp": _within_group_corr(reward, step_old, group),
             "corr_step_index": _within_group_corr(reward, index.to(reward.dtype), group)}
 
