@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from envs import REGISTRY
+
 
 def knob(default, doc: str, group: str, choices=None):
     return field(default=default, metadata={"doc": doc, "group": group, "choices": choices})
@@ -22,7 +24,7 @@ def knob(default, doc: str, group: str, choices=None):
 @dataclass
 class Config:
     # --- env ------------------------------------------------------------------------------
-    env: str = knob("sokoban", "environment: sokoban | webshop | sotopia", "env", ["sokoban", "webshop", "sotopia"])
+    env: str = knob("sokoban", "environment: sokoban | webshop | sotopia | locks (a diagnostic of step credit, not in the paper)", "env", list(REGISTRY))
     max_steps: int = knob(0, "episode step limit; 0 = the env's own (paper: Sokoban 15, WebShop 10)", "env")
     # --- model ----------------------------------------------------------------------------
     model: str = knob("", "path of a local Hugging Face causal LM; empty = build the small default model locally", "model")
@@ -60,7 +62,7 @@ class Config:
     # --- advantage (paper.md E5-E7) -------------------------------------------------------
     algo: str = knob("rloo", "base algorithm of the episode advantage (paper: RLOO w/ iStar)", "advantage", ["rloo", "grpo", "reinforce++"])
     step_adv_coef: float = knob(1.0, "α: weight of the step-level advantage, paper Eq. 5 (paper: 1.0)", "advantage")
-    step_reward_source: str = knob("prm", "where the step rewards r of E6 come from: prm = the implicit PRM (iStar) | oracle = the env's ground-truth step labels (1 good, 0 not; credit.py), a diagnostic upper bound on step credit, not iStar (Sokoban only; the PRM is not trained)", "advantage", ["prm", "oracle"])
+    step_reward_source: str = knob("prm", "where the step rewards r of E6 come from: prm = the implicit PRM (iStar) | oracle = the env's ground-truth step labels (1 good, 0 not; credit.py), a diagnostic upper bound on step credit, not iStar (Sokoban and Locks; the PRM is not trained)", "advantage", ["prm", "oracle"])
     # --- policy / PPO (paper.md E8) -------------------------------------------------------
     lr: float = knob(0.0, "policy AdamW learning rate; 0 = auto: 1e-4 for the locally built model (3e-4 can wreck it in one iteration: python -m bench.lr_probe, README Results), 5e-7 with --model (paper, 7B)", "policy")
     clip_eps: float = knob(0.2, "PPO clip ε (paper: 0.2)", "policy")
@@ -113,10 +115,20 @@ PRESETS: dict[str, dict] = {
                     warmstart_episodes=6000),
     "webshop": dict(tasks_per_iter=16, group_size=8, max_action_tokens=40, max_context=1536),
     "sotopia": dict(tasks_per_iter=16, group_size=8, algo="grpo", max_action_tokens=32),
+    # Locks (a diagnostic, not in the paper): the tiny model learns the carving -> key rule in ~400 SFT steps
+    # (a plateau at 0.25 first); 25% random demo keys leave it at 0.75 per door, ~18% of 6-door episodes won.
+    "locks": dict(model_size="tiny", vocab_size=384, warmstart_episodes=2048, warmstart_epochs=4, warmstart_random_frac=0.25,
+                  max_action_tokens=8, max_context=512, tasks_per_iter=8, group_size=8, iterations=100,
+                  eval_every=10),
     # A CPU smoke run: two iterations end to end in well under a minute.
     "tiny": dict(model_size="tiny", vocab_size=384, tasks_per_iter=2, group_size=2, iterations=2, warmstart_episodes=8,
                  warmstart_epochs=1, eval_tasks=2, eval_every=1, save_every=1, max_action_tokens=16, max_context=1024),
 }
+
+
+# Envs whose steps carry a ground-truth label (info["optimal"]): credit.py scores against it, and
+# --step-reward-source oracle trains on it.
+STEP_LABELLED_ENVS = ("sokoban", "locks")
 
 
 # Fields added after runs were saved, with the value every run saved before them used: a run folder's
@@ -191,8 +203,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--top-p must be in (0, 1] and --temperature >= 0, got {cfg.top_p}, {cfg.temperature}")
     if cfg.minibatches > cfg.tasks_per_iter * cfg.group_size:
         raise ValueError(f"--minibatches: {cfg.minibatches} is more than the {cfg.tasks_per_iter * cfg.group_size} trajectories of a batch")
-    if cfg.step_reward_source == "oracle" and (cfg.env != "sokoban" or not cfg.istar or cfg.granularity != "step"):
-        raise ValueError("--step-reward-source oracle: needs --env sokoban (the env that labels its steps), iStar on and "
+    if cfg.step_reward_source == "oracle" and (cfg.env not in STEP_LABELLED_ENVS or not cfg.istar or cfg.granularity != "step"):
+        raise ValueError(f"--step-reward-source oracle: needs an env that labels its steps ({' or '.join(STEP_LABELLED_ENVS)}), iStar on and "
                          f"--granularity step; got env={cfg.env}, istar={cfg.istar}, granularity={cfg.granularity}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ValueError(f"--device: expected auto, cpu, cuda or cuda:K, got {cfg.device!r}")

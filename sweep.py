@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from config import parse_config, saved_config
+from envs import REGISTRY
 from plot import plot_runs, read_run
 
 ALGOS = ("rloo", "grpo", "reinforce++")
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     own = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 epilog="Arguments after -- go to every train.py run (e.g. -- --iterations 60 --preset tiny).")
-    p.add_argument("--env", default="sokoban", choices=["sokoban", "webshop", "sotopia"], help="environment of every run")
+    p.add_argument("--env", default="sokoban", choices=list(REGISTRY), help="environment of every run")
     p.add_argument("--variants", default="rloo+istar,grpo,rloo", help="comma-separated ALGO or ALGO+istar")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each variant runs once per seed")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from config import PRESETS
+from envs import REGISTRY
 from envs import make_env
 from model import build_default_model, build_tokenizer, shared_prefix_len, token_logprobs
 from warmstart import DEMO_SEED_BASE, EVAL_SEED_BASE, demo_rows, env_corpus, play_noisy_expert
@@ -45,7 +46,7 @@ def batch_of_rows(env_name: str, episodes: int, history_steps: int, vocab_size: 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--env", default="sokoban", choices=["sokoban", "webshop", "sotopia"])
+    p.add_argument("--env", default="sokoban", choices=list(REGISTRY))
     p.add_argument("--episodes", type=int, default=4, help="demonstration episodes in the batch")
     p.add_argument("--history-steps", type=int, default=-1, help="history window; -1 = the env preset's")
     p.add_argument("--size", default="small", choices=["tiny", "small"])

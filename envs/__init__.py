@@ -10,6 +10,7 @@ REGISTRY = {
     "sokoban": "envs.sokoban:SokobanEnv",
     "webshop": "envs.webshop:WebShopEnv",
     "sotopia": "envs.sotopia:SotopiaEnv",
+    "locks": "envs.locks:LocksEnv",  # a diagnostic of step credit, not in the paper
 }
 
 
