@@ -17,6 +17,13 @@ from pathlib import Path
 import numpy as np
 
 CURVES = [("env/success", "training success"), ("eval/success_sampled", "eval success (T=0.4)"), ("env/return", "training return")]
+# Drawn only when some run logs them: what the policy knows without sampling noise (train.py), and how
+# well the advantage it was trained on ranked the env's good steps above its bad ones (credit.py).
+OPTIONAL_CURVES = [("eval/expert_prob", "expert-action probability (held-out)"),
+                   ("credit/adv_auc", "step-credit AUC of the advantage")]
+# Ablations of the step credit that get a suffix on a run's label: (config field, value, suffix).
+LABEL_SUFFIXES = [("granularity", "token", " (token)"), ("step_reward_source", "oracle", " (oracle step credit)"),
+                  ("prm_order", "after", " (PRM after update)"), ("scale_step_rewards", True, " (scaled r)")]
 
 
 def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
@@ -29,8 +36,8 @@ def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
     if cfg_file.is_file():
         cfg = json.loads(cfg_file.read_text())
         label = f"{cfg['algo'].upper()}{' w/ iStar' if cfg['istar'] else ''}"
-        if cfg.get("granularity") == "token" and cfg["istar"]:
-            label += " (token)"
+        if cfg["istar"]:
+            label += "".join(suffix for field, value, suffix in LABEL_SUFFIXES if cfg.get(field) == value)
     else:
         label = run_dir.name
     return label, rows
@@ -46,8 +53,14 @@ def plot_runs(run_dirs: list[str], out: str | Path) -> Path:
     for d in run_dirs:
         label, rows = read_run(d)
         by_label[label].append(rows)
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.6))
-    for ax, (key, title) in zip(axes, CURVES):
+    logged = {key for runs in by_label.values() for rows in runs for r in rows for key in r}
+    curves_drawn = CURVES + [(key, title) for key, title in OPTIONAL_CURVES if key in logged]
+    cols, rows = min(3, len(curves_drawn)), -(-len(curves_drawn) // 3)  # at most 3 panels a row
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(curves_drawn):]:
+        ax.axis("off")
+    for ax, (key, title) in zip(axes, curves_drawn):
         for label, runs in sorted(by_label.items()):
             curves = [[(r["env_steps"], r[key]) for r in rows if key in r and r[key] is not None] for rows in runs]
             curves = [np.array(c) for c in curves if len(c)]
@@ -62,7 +75,10 @@ def plot_runs(run_dirs: list[str], out: str | Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("environment steps")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if len(axes) > len(curves_drawn):  # a free cell: the legend goes there, off the curves
+        axes[-1].legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=10)
+    else:
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=120)

@@ -1,0 +1,40 @@
+"""plot.py: labels of step-credit ablations, and the optional panels drawn only when logged."""
+import json
+import struct
+
+import pytest
+
+from config import Config
+from plot import CURVES, plot_runs, read_run
+
+
+def fake_run(path, rows, **cfg):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({**vars(Config()), **cfg}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def png_size(path) -> tuple[int, int]:
+    return struct.unpack(">II", path.read_bytes()[16:24])  # IHDR width, height
+
+
+@pytest.mark.parametrize("cfg,label", [
+    (dict(algo="rloo", istar=True), "RLOO w/ iStar"),
+    (dict(algo="grpo", istar=False, step_reward_source="oracle"), "GRPO"),  # no step credit: no suffix
+    (dict(algo="rloo", istar=True, step_reward_source="oracle"), "RLOO w/ iStar (oracle step credit)"),
+    (dict(algo="rloo", istar=True, prm_order="after", scale_step_rewards=True), "RLOO w/ iStar (PRM after update) (scaled r)"),
+    (dict(algo="rloo", istar=True, granularity="token"), "RLOO w/ iStar (token)"),
+])
+def test_labels_name_the_step_credit_ablation(tmp_path, cfg, label):
+    assert read_run(fake_run(tmp_path / "r", [], **cfg))[0] == label
+
+
+def test_optional_panels_appear_only_when_some_run_logs_them(tmp_path):
+    base = [{"env_steps": s, "env/success": s / 100, "env/return": s / 50, "eval/success_sampled": 0.5} for s in (0, 50, 100)]
+    plain = fake_run(tmp_path / "plain", base, algo="rloo", istar=False)
+    png = plot_runs([plain], tmp_path / "a.png")
+    assert len(CURVES) == 3 and png_size(png) == (1800, 432)  # one row of 5 x 3.6 inch panels at 120 dpi
+    extra = fake_run(tmp_path / "extra", [{**r, "eval/expert_prob": 0.3, "credit/adv_auc": 0.7} for r in base],
+                     algo="rloo", istar=True)
+    assert png_size(plot_runs([plain, extra], tmp_path / "b.png")) == (1800, 864)  # 5 panels: two rows
