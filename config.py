@@ -115,8 +115,9 @@ PRESETS: dict[str, dict] = {
                     warmstart_episodes=6000),
     "webshop": dict(tasks_per_iter=16, group_size=8, max_action_tokens=40, max_context=1536),
     "sotopia": dict(tasks_per_iter=16, group_size=8, algo="grpo", max_action_tokens=32),
-    # Locks (a diagnostic, not in the paper): the tiny model learns the carving -> key rule in ~400 SFT steps
-    # (a plateau at 0.25 first); 25% random demo keys leave it at 0.75 per door, ~18% of 6-door episodes won.
+    # Locks (a diagnostic, not in the paper): the tiny model learns the carving -> key rule after a plateau at
+    # 0.25 (256 SFT steps stay on it, these 512 pass it); 25% random demo keys leave it at 0.75-0.79 per door,
+    # ~20% of 6-door episodes won (README Results, "Locks").
     "locks": dict(model_size="tiny", vocab_size=384, warmstart_episodes=2048, warmstart_epochs=4, warmstart_random_frac=0.25,
                   max_action_tokens=8, max_context=512, tasks_per_iter=8, group_size=8, iterations=100,
                   eval_every=10),

@@ -227,6 +227,11 @@ def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tupl
     _check_finite("token advantage", token_adv)
     stats.update(credit_stats(batch, episode_adv, implicit_reward, step_adv, cfg.step_adv_coef, cfg.granularity))
     stats["adv/step_std"] = distributed.mean_std(step_adv)[1]
+    if cfg.granularity == "step":  # > 0: the step credit pushes the policy towards invalid actions
+        invalid = ~batch.step_valid  # (S,)
+        total, count = distributed.all_sum([float(step_adv[invalid].sum()), float(invalid.sum())])
+        if count:
+            stats["adv/step_invalid_mean"] = total / count
     stats["adv/token_std"] = distributed.mean_std(token_adv)[1]
     return token_adv, stats
 

@@ -259,13 +259,13 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if not resume and (run_dir / "metrics.jsonl").exists():  # a second run would append to the first one's metrics
         raise SystemExit(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another "
                          f"--run-name / --out-dir (or delete the folder)")
+    make = env_factory(cfg)  # a bad env argument fails here, before the run folder exists
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    make = env_factory(cfg)
     rngs = {"tasks": np.random.default_rng(cfg.seed),  # training task seeds (sampling: one generator per task)
             "shuffle": torch.Generator().manual_seed(cfg.seed)}  # PPO minibatch order
 

@@ -1,6 +1,6 @@
 """Locks: a row of locked doors and one sparse outcome, a diagnostic of step-level credit (not in the paper).
 
-The agent walks past ``n_doors`` doors (default 6). Each door shows a carving (circle, square,
+The agent walks past ``max_steps`` doors (default 6; train.py's ``--max-steps``). Each door shows a carving (circle, square,
 triangle or star) and the agent tries one key (copper, silver, gold or iron). A fixed rule, the
 same for every task and never told to the agent, says which key opens which carving
 (``OPENS``). Nothing tells the agent whether a key worked: the next observation is the next door.
@@ -35,15 +35,14 @@ OPENS = {"circle": "silver", "square": "iron", "triangle": "copper", "star": "go
 class LocksEnv(Env):
     name = "locks"
 
-    def __init__(self, n_doors: int = 6, max_steps: int | None = None) -> None:
+    def __init__(self, max_steps: int = 6) -> None:
+        """``max_steps`` doors (train.py's ``--max-steps``), one step each."""
         super().__init__()
-        if not isinstance(n_doors, int) or n_doors < 1:
-            raise ValueError(f"LocksEnv(n_doors=...): expected an int >= 1, got {n_doors!r}")
-        if max_steps is not None and max_steps != n_doors:
-            raise ValueError(f"LocksEnv(max_steps=...): an episode is one step per door, {n_doors}; got {max_steps}")
-        self.n_doors = self.max_steps = n_doors
+        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
+            raise ValueError(f"LocksEnv(max_steps=...): expected the number of doors, an int >= 1, got {max_steps!r}")
+        self.n_doors = self.max_steps = max_steps
         self.system_prompt = (
-            f"You walk along a corridor of {n_doors} locked doors. Each door has a carving: "
+            f"You walk along a corridor of {max_steps} locked doors. Each door has a carving: "
             f"{', '.join(CARVINGS)}. At each door you try one key: {', '.join(KEYS)}. "
             "The carving decides which key opens the door, but nobody tells you whether a key worked. "
             "After the last door you get +1 if every door opened, else 0. "

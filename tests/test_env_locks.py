@@ -20,7 +20,7 @@ def test_rule_is_a_bijection_between_carvings_and_keys():
 @settings(max_examples=40, deadline=None)
 @given(seed=seeds, doors=st.integers(1, 9))
 def test_expert_opens_every_door_and_wins_plus_one(seed, doors):
-    env = make_env("locks", n_doors=doors)
+    env = make_env("locks", max_steps=doors)
     obs = env.reset(seed)
     assert obs.startswith(f"Door 1 of {doors}:")
     for k in range(doors):
@@ -72,11 +72,11 @@ def test_random_action_covers_the_keys_and_bad_arguments_name_themselves():
     env, rng = LocksEnv(), np.random.default_rng(0)
     env.reset(0)
     assert {env.random_action(rng) for _ in range(200)} == set(KEYS)
-    with pytest.raises(ValueError, match="n_doors"):
-        LocksEnv(n_doors=0)
-    with pytest.raises(ValueError, match="max_steps"):
-        LocksEnv(max_steps=9)
-    assert LocksEnv(max_steps=6).max_steps == 6  # train.py passes --max-steps through when set
+    for bad in (0, -1, 2.5, True, "6"):
+        with pytest.raises(ValueError, match="max_steps"):
+            LocksEnv(max_steps=bad)
+    env = LocksEnv(max_steps=9)  # train.py's --max-steps: the number of doors
+    assert env.reset(1).startswith("Door 1 of 9:") and "corridor of 9 locked doors" in env.system_prompt
 
 
 def test_preset_and_oracle_step_rewards_accept_locks():

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from advantage import combined_advantage
 from config import Config
 from istar import NonFiniteError, _chunks, _seq_mean_weights, compute_advantages, istar_update, policy_loss, update_policy, update_prm
 from model import token_logprobs
@@ -98,6 +99,25 @@ def test_alpha_zero_and_no_istar_give_the_base_algorithm(setup):
     tok_r = torch.randn(int(batch.step_cu[-1]))  # PRIME ablation: token-level rewards
     a_tok, stats = compute_advantages(batch, tok_r, cfg_for(granularity="token"))
     assert a_tok.shape == base.shape and torch.isfinite(a_tok).all() and stats["adv/step_std"] > 0
+
+
+def test_step_invalid_mean_is_the_mean_step_advantage_of_the_invalid_actions(setup):
+    """``adv/step_invalid_mean`` (the Locks collapse's warning sign): the mean A^S over invalid steps,
+    positive when the step rewards favour them, absent when every action is valid."""
+    _, _, batch = setup
+    S = batch.step_cu.numel() - 1
+    valid = torch.ones(S, dtype=torch.bool)
+    valid[::3] = False  # every third step invalid, in every group
+    batch = dataclasses.replace(batch, step_valid=valid)
+    for sign in (1.0, -1.0):
+        r = torch.randn(S, generator=torch.Generator().manual_seed(0)) + sign * 5.0 * (~valid).float()  # (S,)
+        _, stats = compute_advantages(batch, r, cfg_for())
+        _, step_adv = combined_advantage(torch.zeros(batch.group_id.numel()), r, batch.step_cu, batch.traj_cu,
+                                         batch.group_cu, 1.0, impl="reference")
+        assert stats["adv/step_invalid_mean"] == pytest.approx(float(step_adv[~valid].mean()), rel=1e-5)
+        assert sign * stats["adv/step_invalid_mean"] > 0
+    _, stats = compute_advantages(dataclasses.replace(batch, step_valid=torch.ones(S, dtype=torch.bool)), r, cfg_for())
+    assert "adv/step_invalid_mean" not in stats
 
 
 def test_oracle_step_rewards_are_the_labels_and_leave_the_prm_alone(setup):

@@ -287,3 +287,16 @@ def test_a_run_whose_rollouts_are_all_invalid_is_flagged():
     assert msg and "iteration 6" in msg and "--lr" in msg
     assert collapse_warning({"iteration": 5, "env/invalid_frac": 0.999}) is None
     assert collapse_warning({"iteration": 1}) is None
+
+
+def test_locks_runs_end_to_end_with_oracle_step_credit(tmp_path):
+    """``--env locks`` (labelled steps, fixed length: ``--max-steps`` doors) runs the loop with the
+    oracle's step rewards, which replace the PRM (not trained)."""
+    argv = ["--env", "locks", "--preset", "tiny", "--out-dir", str(tmp_path), "--kernels", "reference", "--max-steps", "3",
+            "--step-reward-source", "oracle", "--run-name", "locks", "--tasks-per-iter", "4", "--group-size", "4"]
+    train(parse_config(argv)[0])
+    got = rows(tmp_path / "locks")
+    assert [r["iteration"] for r in got] == [0, 1, 2]
+    for r in got[1:]:
+        assert r["env/steps"] == 3 and 0 <= r["credit/optimal_frac"] <= 1 and math.isfinite(r["policy/pg_loss"])
+        assert "prm/dpo_loss" not in r
