@@ -2,6 +2,7 @@
 
     python plot.py runs/sokoban-rloo-istar-s0 runs/sokoban-rloo-s0 --out curves.png
     python train.py --plot runs/*            (the same, through train.py)
+    python plot.py runs/sweep-locks/*-s? --means credit/prm_auc,prm/acc --iterations 2-8,11-100   (a table)
 
 Runs whose config differs only by seed share a label and are drawn as mean ± std across seeds,
 each curve interpolated onto a common grid of environment steps. Reads `metrics.jsonl` and
@@ -86,9 +87,43 @@ def plot_runs(run_dirs: list[str], out: str | Path) -> Path:
     return out
 
 
+def phase_means(run_dirs: list[str], keys: list[str], phases: list[tuple[int, int]]) -> str:
+    """A markdown table: per label (runs differing only by seed share one) and metric, the mean over
+    the training iterations lo..hi (inclusive) of each phase, then mean ± std over the seeds. A run
+    that logged none of the phase's values counts as missing; a cell with no run is "-"."""
+    by_label: dict[str, list[list[dict]]] = defaultdict(list)
+    for d in run_dirs:
+        label, rows = read_run(d)
+        by_label[label].append(rows)
+    head = [f"{key}, iterations {lo}-{hi}" for key in keys for lo, hi in phases]
+    lines = ["| run | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for label, runs in sorted(by_label.items()):
+        cells = []
+        for key in keys:
+            for lo, hi in phases:
+                per_run = [np.mean(v) for v in ([r[key] for r in rows if lo <= r.get("iteration", -1) <= hi
+                                                  and r.get(key) is not None and "env/success" in r] for rows in runs) if v]
+                cells.append(f"{np.mean(per_run):.3f} ± {np.std(per_run):.3f} (n={len(per_run)})" if per_run else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _phases(text: str) -> list[tuple[int, int]]:
+    try:
+        phases = [tuple(int(x) for x in part.split("-")) for part in text.split(",")]
+    except ValueError:
+        phases = []
+    if not phases or any(len(p) != 2 or p[0] > p[1] for p in phases):
+        raise argparse.ArgumentTypeError(f"--iterations: expected ranges like 2-8,11-100, got {text!r}")
+    return phases
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders written by train.py")
     parser.add_argument("--out", default="curves.png", help="PNG file to write")
+    parser.add_argument("--means", default="", help="instead of plotting, print per run label the mean of these "
+                        "comma-separated training metrics (e.g. credit/prm_auc,prm/acc) over --iterations, ± std over seeds")
+    parser.add_argument("--iterations", type=_phases, default=[(1, 10**9)], help="phases for --means: ranges like 2-8,11-100")
     args = parser.parse_args()
-    print(plot_runs(args.runs, args.out))
+    print(phase_means(args.runs, args.means.split(","), args.iterations) if args.means else plot_runs(args.runs, args.out))

@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from config import Config
-from plot import CURVES, plot_runs, read_run
+from plot import CURVES, phase_means, plot_runs, read_run
 
 
 def fake_run(path, rows, **cfg):
@@ -38,3 +38,20 @@ def test_optional_panels_appear_only_when_some_run_logs_them(tmp_path):
     extra = fake_run(tmp_path / "extra", [{**r, "eval/expert_prob": 0.3, "credit/adv_auc": 0.7} for r in base],
                      algo="rloo", istar=True)
     assert png_size(plot_runs([plain, extra], tmp_path / "b.png")) == (1800, 864)  # 5 panels: two rows
+
+
+def test_phase_means_average_each_run_over_its_phase_then_over_seeds(tmp_path):
+    def run(name, values, **cfg):  # training rows of iterations 1..n (eval rows carry no env/success)
+        rows = [{"iteration": 0, "eval/expert_prob": 0.5}]
+        rows += [{"iteration": i + 1, "env/success": 0.0, "credit/prm_auc": v} for i, v in enumerate(values)]
+        return fake_run(tmp_path / name, rows, **cfg)
+
+    runs = [run("a", [0.0, 1.0, 2.0, 3.0], algo="rloo", istar=True, seed=0),
+            run("b", [4.0, 5.0, 6.0, 7.0], algo="rloo", istar=True, seed=1),
+            run("c", [1.0, 1.0, 1.0, 1.0], algo="grpo", istar=False)]
+    table = phase_means(runs, ["credit/prm_auc"], [(2, 3), (4, 9)]).splitlines()
+    assert table[0] == "| run | credit/prm_auc, iterations 2-3 | credit/prm_auc, iterations 4-9 |"
+    # run a: mean(1, 2) = 1.5, run b: mean(5, 6) = 5.5 -> 3.5 ± 2.0; iterations 4-9: 3 and 7 -> 5 ± 2
+    assert table[3] == "| RLOO w/ iStar | 3.500 ± 2.000 (n=2) | 5.000 ± 2.000 (n=2) |"
+    assert table[2] == "| GRPO | 1.000 ± 0.000 (n=1) | 1.000 ± 0.000 (n=1) |"
+    assert "| - |" in phase_means(runs, ["prm/acc"], [(1, 4)])  # never logged: no number made up
