@@ -89,8 +89,9 @@ def plot_runs(run_dirs: list[str], out: str | Path) -> Path:
 
 def phase_means(run_dirs: list[str], keys: list[str], phases: list[tuple[int, int]]) -> str:
     """A markdown table: per label (runs differing only by seed share one) and metric, the mean over
-    the training iterations lo..hi (inclusive) of each phase, then mean ± std over the seeds. A run
-    that logged none of the phase's values counts as missing; a cell with no run is "-"."""
+    the iterations lo..hi (inclusive; evaluations are logged at their iteration, 0 = before RL) of
+    each phase, then mean ± std over the seeds. A run that logged none of the phase's values counts
+    as missing; a cell with no run is "-"."""
     by_label: dict[str, list[list[dict]]] = defaultdict(list)
     for d in run_dirs:
         label, rows = read_run(d)
@@ -102,7 +103,7 @@ def phase_means(run_dirs: list[str], keys: list[str], phases: list[tuple[int, in
         for key in keys:
             for lo, hi in phases:
                 per_run = [np.mean(v) for v in ([r[key] for r in rows if lo <= r.get("iteration", -1) <= hi
-                                                  and r.get(key) is not None and "env/success" in r] for rows in runs) if v]
+                                                  and r.get(key) is not None] for rows in runs) if v]
                 cells.append(f"{np.mean(per_run):.3f} ± {np.std(per_run):.3f} (n={len(per_run)})" if per_run else "-")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -55,3 +55,4 @@ def test_phase_means_average_each_run_over_its_phase_then_over_seeds(tmp_path):
     assert table[3] == "| RLOO w/ iStar | 3.500 ± 2.000 (n=2) | 5.000 ± 2.000 (n=2) |"
     assert table[2] == "| GRPO | 1.000 ± 0.000 (n=1) | 1.000 ± 0.000 (n=1) |"
     assert "| - |" in phase_means(runs, ["prm/acc"], [(1, 4)])  # never logged: no number made up
+    assert phase_means(runs[:1], ["eval/expert_prob"], [(0, 0)]).splitlines()[2] == "| RLOO w/ iStar | 0.500 ± 0.000 (n=1) |"
