@@ -25,7 +25,7 @@ def knob(default, doc: str, group: str, choices=None):
 class Config:
     # --- env ------------------------------------------------------------------------------
     env: str = knob("sokoban", "environment: sokoban | webshop | sotopia | locks (a diagnostic of step credit, not in the paper)", "env", list(REGISTRY))
-    max_steps: int = knob(0, "episode step limit; 0 = the env's own (paper: Sokoban 15, WebShop 10)", "env")
+    max_steps: int = knob(0, "episode step limit; 0 = the env's own (paper: Sokoban 15, WebShop 10; Locks: its number of doors, 6)", "env")
     # --- model ----------------------------------------------------------------------------
     model: str = knob("", "path of a local Hugging Face causal LM; empty = build the small default model locally", "model")
     model_size: str = knob("small", "size of the locally built default model", "model", ["tiny", "small"])
