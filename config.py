@@ -56,6 +56,7 @@ class Config:
     prm_grad_clip: float = knob(10.0, "PRM gradient-norm clip (paper: 10)", "prm")
     q_reduce: str = knob("sum", "trajectory score Q: sum of step rewards (paper Eq. 2) | mean (released code)", "prm", ["sum", "mean"])
     pair_rule: str = knob("threshold", "DPO pairs: threshold = won x lost in a group (paper) | graded = every better/worse pair", "prm", ["threshold", "graded"])
+    prm_steps: int = knob(1, "PRM DPO optimiser steps per iteration on its pairs (paper: 1); more keeps π_φ ahead of the policy its rewards are measured against (README Results, Locks)", "prm")
     prm_order: str = knob("before", "score steps with the PRM before its update (released code) | after (one more forward)", "prm", ["before", "after"])
     granularity: str = knob("step", "implicit reward per step (iStar) | token (PRIME ablation, paper.md E9)", "prm", ["step", "token"])
     scale_step_rewards: bool = knob(False, "divide step rewards by the batch max |r| (released code, paper.md E4)", "prm")
@@ -196,6 +197,8 @@ def validate(cfg: Config) -> None:
     for name in ["step_adv_coef", "entropy_coef", "kl_coef", "warmstart_random_frac", "eval_every", "save_every", "max_steps", "max_env_steps", "warmstart_episodes", "history_steps"]:
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
+    if cfg.prm_steps < 1:
+        raise ValueError(f"--prm-steps: expected >= 1 DPO steps per iteration, got {cfg.prm_steps}")
     if not 0 <= cfg.warmstart_random_frac <= 1:
         raise ValueError(f"--warmstart-random-frac: expected a fraction in [0, 1], got {cfg.warmstart_random_frac}")
     if cfg.dual_clip and cfg.dual_clip <= 1:

@@ -37,6 +37,9 @@ Deviations from the paper:
   3b) `step_reward_source="oracle"` (diagnostic, not the paper): the env's ground-truth step labels
      (credit.py) stand in for r_φ in E6 and the PRM is not trained: an upper bound on what step-level
      credit can add to the base algorithm with this policy and budget.
+  3c) `prm_steps` > 1 (option, not the paper): several DPO steps of π_φ per iteration on the same pairs.
+     r_φ is measured against π_θold, which moves every iteration; when the policy's optimiser steps
+     outpace the PRM's single one, r_φ turns against what the policy has learned (README Results, Locks).
   4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar,
      and the token rewards go through the same group standardisation as step rewards (each token
      its own segment), so the two differ only in the granularity of the reward and the PRM's loss.
@@ -148,12 +151,26 @@ def score_with_prm(prm, batch, old_logp, cfg) -> torch.Tensor:
 
 
 def update_prm(prm, prm_opt, batch, old_logp, cfg) -> tuple[torch.Tensor, dict]:
-    """One trajectory-DPO optimiser step of π_φ (E3); returns the step rewards for the advantages.
+    """``cfg.prm_steps`` trajectory-DPO optimiser steps of π_φ on this batch's pairs (E3; the paper
+    takes one); returns the step rewards for the advantages and the stats of the first step (the
+    PRM as it was before this iteration: pair accuracy on pairs it has not trained on).
 
-    Default (`prm_order="before"`): the rewards come from π_φ before this step (paper Algorithm 1);
+    Default (`prm_order="before"`): the rewards come from π_φ before its steps (paper Algorithm 1);
     "after" rescores with the updated PRM (one more forward pass).
     """
     reward = score_with_prm(prm, batch, old_logp, cfg)  # (S,) or (T,)
+    stats = _prm_step(prm, prm_opt, batch, old_logp, cfg, reward)
+    for _ in range(cfg.prm_steps - 1):  # option: keep π_φ ahead of the policy it is measured against
+        _prm_step(prm, prm_opt, batch, old_logp, cfg, score_with_prm(prm, batch, old_logp, cfg))
+    if cfg.prm_order == "after":
+        reward = score_with_prm(prm, batch, old_logp, cfg)
+    stats["prm/reward_mean"], stats["prm/reward_std"] = distributed.mean_std(reward)
+    return reward.detach(), stats
+
+
+def _prm_step(prm, prm_opt, batch, old_logp, cfg, reward: torch.Tensor) -> dict:
+    """One DPO optimiser step of π_φ whose current step rewards are ``reward`` (no grad): the loss
+    on the trajectory scores Q, then ∂L/∂Q pushed through the PRM one chunk of trajectories at a time."""
     seg_cu = batch.step_cu[batch.traj_cu] if cfg.granularity == "token" else batch.traj_cu
     q = trajectory_scores(reward, seg_cu, "sum" if cfg.granularity == "token" else cfg.q_reduce)  # (N,)
     q_leaf = q.detach().requires_grad_(True)
@@ -180,10 +197,7 @@ def update_prm(prm, prm_opt, batch, old_logp, cfg) -> tuple[torch.Tensor, dict]:
         stats["prm/updated"] = 1.0
     else:
         stats["prm/updated"] = 0.0  # no pair in the batch: the PRM is not updated (paper.md E3)
-    if cfg.prm_order == "after":
-        reward = score_with_prm(prm, batch, old_logp, cfg)
-    stats["prm/reward_mean"], stats["prm/reward_std"] = distributed.mean_std(reward)
-    return reward.detach(), stats
+    return stats
 
 
 def _global_prm_loss(loss, stats, batch, cfg):

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advantage import combined_advantage
-from config import Config
-from istar import NonFiniteError, _chunks, _seq_mean_weights, compute_advantages, istar_update, policy_loss, update_policy, update_prm
+from config import Config, validate
+from istar import (NonFiniteError, _chunks, _seq_mean_weights, compute_advantages, istar_update, policy_loss, score_with_prm,
+                   update_policy, update_prm)
 from model import token_logprobs
 from prm import step_rewards, trajectory_scores
 
@@ -88,6 +89,33 @@ def test_prm_rewards_come_from_the_pre_update_prm_by_default(setup):
     opt2 = torch.optim.AdamW(prm2.parameters(), lr=1e-2)
     r_after, _ = update_prm(prm2, opt2, batch, old_logp, cfg_for(prm_order="after"))
     assert r_after.abs().sum() > 0
+
+
+def test_prm_steps_k_equal_k_single_step_updates_and_keep_the_first_scores_and_stats(setup):
+    """--prm-steps 3 = three one-step updates on the same batch (same PRM weights after), returning
+    the rewards and stats of the first (the PRM before this iteration), or, with prm_order after,
+    the rewards of the PRM after all three."""
+    tok, policy, batch = setup
+    old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
+    base = copy.deepcopy(policy)
+    opt = torch.optim.AdamW(base.parameters(), lr=1e-3)
+    update_prm(base, opt, batch, old_logp, cfg_for())  # a PRM that differs from π_old: non-zero rewards
+    one, many = copy.deepcopy(base), copy.deepcopy(base)
+    opt_one, opt_many = torch.optim.AdamW(one.parameters(), lr=1e-3), torch.optim.AdamW(many.parameters(), lr=1e-3)
+    opt_one.load_state_dict(copy.deepcopy(opt.state_dict())), opt_many.load_state_dict(copy.deepcopy(opt.state_dict()))
+    first = [update_prm(one, opt_one, batch, old_logp, cfg_for()) for _ in range(3)][0]
+    r_many, stats_many = update_prm(many, opt_many, batch, old_logp, cfg_for(prm_steps=3))
+    torch.testing.assert_close(r_many, first[0])
+    assert stats_many["prm/acc"] == first[1]["prm/acc"] and stats_many["prm/dpo_loss"] == first[1]["prm/dpo_loss"]
+    for a, b in zip(one.parameters(), many.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    after = copy.deepcopy(base)
+    opt_after = torch.optim.AdamW(after.parameters(), lr=1e-3)
+    opt_after.load_state_dict(copy.deepcopy(opt.state_dict()))
+    r_after, _ = update_prm(after, opt_after, batch, old_logp, cfg_for(prm_steps=3, prm_order="after"))
+    torch.testing.assert_close(r_after, score_with_prm(many, batch, old_logp, cfg_for()), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="prm-steps"):
+        validate(cfg_for(prm_steps=0))
 
 
 def test_alpha_zero_and_no_istar_give_the_base_algorithm(setup):
