@@ -39,6 +39,7 @@ def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
         label = f"{cfg['algo'].upper()}{' w/ iStar' if cfg['istar'] else ''}"
         if cfg["istar"]:
             label += "".join(suffix for field, value, suffix in LABEL_SUFFIXES if cfg.get(field) == value)
+            label += f" ({cfg['prm_steps']} PRM steps)" if cfg.get("prm_steps", 1) != 1 else ""
     else:
         label = run_dir.name
     return label, rows
