@@ -45,20 +45,26 @@ def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
     return label, rows
 
 
+def runs_by_label(run_dirs: list[str]) -> dict[str, list[list[dict]]]:
+    """label -> the metrics rows of each of its runs (runs differing only by seed share a label)."""
+    by_label: dict[str, list[list[dict]]] = defaultdict(list)
+    for d in run_dirs:
+        label, rows = read_run(d)
+        by_label[label].append(rows)
+    return by_label
+
+
 def plot_runs(run_dirs: list[str], out: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
-    by_label: dict[str, list[list[dict]]] = defaultdict(list)
-    for d in run_dirs:
-        label, rows = read_run(d)
-        by_label[label].append(rows)
+    by_label = runs_by_label(run_dirs)
     logged = {key for runs in by_label.values() for rows in runs for r in rows for key in r}
     curves_drawn = CURVES + [(key, title) for key, title in OPTIONAL_CURVES if key in logged]
-    cols, rows = min(3, len(curves_drawn)), -(-len(curves_drawn) // 3)  # at most 3 panels a row
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    ncols, nrows = min(3, len(curves_drawn)), -(-len(curves_drawn) // 3)  # at most 3 panels a row
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
     axes = axes.ravel()
     for ax in axes[len(curves_drawn):]:
         ax.axis("off")
@@ -93,10 +99,7 @@ def phase_means(run_dirs: list[str], keys: list[str], phases: list[tuple[int, in
     the iterations lo..hi (inclusive; evaluations are logged at their iteration, 0 = before RL) of
     each phase, then mean ± std over the seeds. A run that logged none of the phase's values counts
     as missing; a cell with no run is "-"."""
-    by_label: dict[str, list[list[dict]]] = defaultdict(list)
-    for d in run_dirs:
-        label, rows = read_run(d)
-        by_label[label].append(rows)
+    by_label = runs_by_label(run_dirs)
     head = [f"{key}, iterations {lo}-{hi}" for key in keys for lo, hi in phases]
     lines = ["| run | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for label, runs in sorted(by_label.items()):
