@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from config import PRESETS
-from envs import REGISTRY
-from envs import make_env
+from envs import REGISTRY, make_env
 from model import build_default_model, build_tokenizer, shared_prefix_len, token_logprobs
 from warmstart import DEMO_SEED_BASE, EVAL_SEED_BASE, demo_rows, env_corpus, play_noisy_expert
 

@@ -1,7 +1,7 @@
 """Locks: a row of locked doors and one sparse outcome, a diagnostic of step-level credit (not in the paper).
 
-The agent walks past ``max_steps`` doors (default 6; train.py's ``--max-steps``). Each door shows a carving (circle, square,
-triangle or star) and the agent tries one key (copper, silver, gold or iron). A fixed rule, the
+The agent walks past ``max_steps`` doors (default 6; train.py's ``--max-steps``). Each door shows a
+carving (circle, square, triangle or star) and the agent tries one key (copper, silver, gold or iron). A fixed rule, the
 same for every task and never told to the agent, says which key opens which carving
 (``OPENS``). Nothing tells the agent whether a key worked: the next observation is the next door.
 After the last door the episode ends with reward +1 if every door opened, else 0 (minus 0.1 per
@@ -40,7 +40,7 @@ class LocksEnv(Env):
         super().__init__()
         if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
             raise ValueError(f"LocksEnv(max_steps=...): expected the number of doors, an int >= 1, got {max_steps!r}")
-        self.n_doors = self.max_steps = max_steps
+        self.max_steps = max_steps
         self.system_prompt = (
             f"You walk along a corridor of {max_steps} locked doors. Each door has a carving: "
             f"{', '.join(CARVINGS)}. At each door you try one key: {', '.join(KEYS)}. "
@@ -49,11 +49,11 @@ class LocksEnv(Env):
             "Reply with the key, e.g. <action>copper</action>.")
 
     def _observation(self) -> str:
-        return f"Door {self.steps + 1} of {self.n_doors}: a {self.carvings[self.steps]} is carved on it."
+        return f"Door {self.steps + 1} of {self.max_steps}: a {self.carvings[self.steps]} is carved on it."
 
     def _reset(self, seed: int) -> str:
         rng = np.random.default_rng(seed)
-        self.carvings = [CARVINGS[i] for i in rng.integers(len(CARVINGS), size=self.n_doors)]
+        self.carvings = [CARVINGS[i] for i in rng.integers(len(CARVINGS), size=self.max_steps)]
         self.opened = 0
         return self._observation()
 
@@ -63,10 +63,10 @@ class LocksEnv(Env):
         valid = key in KEYS
         right = valid and OPENS[self.carvings[door]] == key
         self.opened += right
-        done = self.steps == self.n_doors
-        won = done and self.opened == self.n_doors
+        done = self.steps == self.max_steps
+        won = done and self.opened == self.max_steps
         obs = "The corridor ends." if done else self._observation()
-        return obs, float(won), done, {"valid_action": valid, "won": won, "score": self.opened / self.n_doors,
+        return obs, float(won), done, {"valid_action": valid, "won": won, "score": self.opened / self.max_steps,
                                        "optimal": right}
 
     def expert_action(self) -> str:
