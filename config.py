@@ -109,7 +109,7 @@ class Config:
 # Per-env presets: applied before the CLI, so a flag on the command line always wins.
 PRESETS: dict[str, dict] = {
     # Sokoban demos without random moves: the 30% random labels kept the small model from learning the board
-    # (held-out expert-action probability 0.26 vs 0.40 after 300 SFT steps; README Results, "Read this first").
+    # (held-out expert-action probability 0.26 vs 0.40 after 300 SFT steps; docs/results.md, Sokoban, "Read this first").
     # 6,000 demos (1,125 SFT steps): the first warm start that beats random moves (expert-action probability
     # 0.50, held-out success 39% greedy vs 31% random; 1,500 demos: 0.33, 8%); still imperfect, as the issue asks.
     "sokoban": dict(tasks_per_iter=32, group_size=8, max_action_tokens=24, history_steps=2, warmstart_random_frac=0.0,

@@ -236,7 +236,7 @@ class GracefulStop:
 
 def collapse_warning(row: dict) -> str | None:
     """The message for an iteration whose training rollouts had no valid action at all: every episode then
-    earns the same penalties, every advantage is 0 and RL cannot leave that state (README Results: one
+    earns the same penalties, every advantage is 0 and RL cannot leave that state (docs/results.md, Sokoban: one
     update at lr 3e-4, α = 4 did this to the small model). None otherwise."""
     if row.get("env/invalid_frac", 0.0) < 1.0:
         return None

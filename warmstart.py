@@ -15,18 +15,18 @@ pairs have signal. Skipped automatically when --model loads a pretrained LM.
 The Sokoban preset sets ``warmstart_random_frac = 0``: with 30% random labels the small model
 hardly learned to read the board in 1,000 SFT steps (held-out expert-action probability 0.25 →
 0.29), on the expert's moves alone it passed 0.40 by step 300 and still started imperfect (27%
-sampled success, random moves 25%; README Results). It also sets ``warmstart_episodes = 6000``: more
+sampled success, random moves 25%; docs/results.md, Sokoban). It also sets ``warmstart_episodes = 6000``: more
 data, not more passes, is what the small model needed (expert-action probability 0.497 after 1,125
 steps vs 0.329 from 1,500 episodes; held-out greedy success 39% vs 31% for random moves).
 
 The learning rate warms up over the first twentieth of the steps and decays (cosine) to a tenth of
 ``warmstart_lr`` (``warmstart_lr()``; ``--warmstart-schedule constant`` keeps it fixed, as runs before
 2026-12-05 did): on the default Sokoban warm start it reached expert-action probability 0.329
-against the constant schedule's 0.290 (README Results).
+against the constant schedule's 0.290 (docs/results.md, Sokoban).
 
 Success alone can mislead: on Sokoban uniformly random moves win ~22% of the levels, and with 30%
 random labels a warm start of ~150-300 steps taught the answer format but left the move itself
-uniform, at that same success (README Results, "Read this first"). ``expert_prob`` measures what the policy
+uniform, at that same success (docs/results.md, Sokoban, "Read this first"). ``expert_prob`` measures what the policy
 knows instead: its probability of the expert's action along held-out expert episodes (train.py
 logs it as ``eval/expert_prob``; ``python -m bench.warmstart_probe`` per SFT step).
 
