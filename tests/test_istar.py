@@ -1,6 +1,7 @@
 """One iStar iteration: the PRM really trains (E3), micro-batching is exact, PPO-clip math (E8)."""
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -189,8 +190,10 @@ def test_ppo_clip_loss_matches_its_definition(case):
     assert stats["policy/clip_frac"] == 0.0
     # the general token-level case against a direct formula
     new = new.clone().requires_grad_(True)
-    loss, _ = policy_loss(new, old, adv, step_cu, clip_eps=0.2, dual_clip=0.0)
+    loss, stats = policy_loss(new, old, adv, step_cu, clip_eps=0.2, dual_clip=0.0)
     ratio = (new - old).exp()
+    k3 = (ratio - 1) - (new - old)  # the k3 estimate of KL(π_θold ‖ π_θ) per token, >= 0
+    assert math.isclose(stats["policy/approx_kl"], k3.mean().item(), rel_tol=1e-5, abs_tol=1e-7) and stats["policy/approx_kl"] >= 0
     expected = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
     torch.testing.assert_close(loss, expected)
     # tokens clipped on the profitable side get no gradient

@@ -60,6 +60,7 @@ def test_prm_equal_to_old_policy_gives_zero_rewards_and_log2(batch):
         loss, stats = trajectory_dpo_loss(q, pairs)
         assert math.isclose(loss.item(), LOG2, rel_tol=1e-6)
         assert stats["prm/margin"] == 0.0
+        assert stats["prm/acc"] == 0.0  # a tie is not a correct ranking: accuracy counts Q⁺ > Q⁻ strictly
 
 
 def test_pairs_are_positive_times_negative_inside_each_group():
