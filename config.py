@@ -26,6 +26,7 @@ class Config:
     # --- env ------------------------------------------------------------------------------
     env: str = knob("sokoban", "environment: sokoban | webshop | sotopia | locks (a diagnostic of step credit, not in the paper)", "env", list(REGISTRY))
     max_steps: int = knob(0, "episode step limit; 0 = the env's own (paper: Sokoban 15, WebShop 10; Locks: its number of doors, 6)", "env")
+    carvings: int = knob(0, "Locks only: number of distinct carvings, a multiple of 4 up to 64 (a larger hidden rule, each carving seen at fewer doors per batch); 0 = the env's own (4)", "env")
     # --- model ----------------------------------------------------------------------------
     model: str = knob("", "path of a local Hugging Face causal LM; empty = build the small default model locally", "model")
     model_size: str = knob("small", "size of the locally built default model", "model", ["tiny", "small"])
@@ -135,7 +136,7 @@ STEP_LABELLED_ENVS = ("sokoban", "locks")
 
 # Fields added after runs were saved, with the value every run saved before them used: a run folder's
 # config.json without the field means that value (resume, replay and bench.heldout rebuild it exactly).
-LEGACY_DEFAULTS: dict[str, object] = {"warmstart_schedule": "constant"}
+LEGACY_DEFAULTS: dict[str, object] = {"warmstart_schedule": "constant", "carvings": 0}
 
 
 def saved_config(path) -> dict:
@@ -197,6 +198,9 @@ def validate(cfg: Config) -> None:
     for name in ["step_adv_coef", "entropy_coef", "kl_coef", "warmstart_random_frac", "eval_every", "save_every", "max_steps", "max_env_steps", "warmstart_episodes", "history_steps"]:
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(cfg, name)}")
+    if cfg.carvings < 0 or (cfg.carvings and cfg.env != "locks"):
+        raise ValueError(f"--carvings: only the locks env has carvings (0 = its own 4, else a multiple of 4 up to 64); "
+                         f"got {cfg.carvings} with env={cfg.env}")
     if cfg.prm_steps < 1:
         raise ValueError(f"--prm-steps: expected >= 1 DPO steps per iteration, got {cfg.prm_steps}")
     if not 0 <= cfg.warmstart_random_frac <= 1:

@@ -63,6 +63,8 @@ def resolve_device(cfg: Config) -> torch.device:
 
 def env_factory(cfg: Config):
     kwargs = {"max_steps": cfg.max_steps} if cfg.max_steps else {}
+    if cfg.carvings:  # Locks only (config.validate)
+        kwargs["carvings"] = cfg.carvings
     make_env(cfg.env, **kwargs)  # fail early on a bad env name or argument
     return partial(make_env, cfg.env, **kwargs)
 
