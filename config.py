@@ -58,6 +58,7 @@ class Config:
     q_reduce: str = knob("sum", "trajectory score Q: sum of step rewards (paper Eq. 2) | mean (released code)", "prm", ["sum", "mean"])
     pair_rule: str = knob("threshold", "DPO pairs: threshold = won x lost in a group (paper) | graded = every better/worse pair", "prm", ["threshold", "graded"])
     prm_steps: int = knob(1, "PRM DPO optimiser steps per iteration on its pairs (paper: 1); more keeps π_φ ahead of the policy its rewards are measured against (README Results, Locks)", "prm")
+    prm_nll_coef: float = knob(0.0, "weight λ of an NLL term on the preferred trajectories' action tokens added to the PRM's DPO loss (RPO, Pang et al. 2024; not in the paper: 0); keeps π_φ from drifting away from what won", "prm")
     prm_order: str = knob("before", "score steps with the PRM before its update (released code) | after (one more forward)", "prm", ["before", "after"])
     granularity: str = knob("step", "implicit reward per step (iStar) | token (PRIME ablation, paper.md E9)", "prm", ["step", "token"])
     scale_step_rewards: bool = knob(False, "divide step rewards by the batch max |r| (released code, paper.md E4)", "prm")
@@ -201,6 +202,9 @@ def validate(cfg: Config) -> None:
     if cfg.carvings < 0 or (cfg.carvings and cfg.env != "locks"):
         raise ValueError(f"--carvings: only the locks env has carvings (0 = its own 4, else a multiple of 4 up to 64); "
                          f"got {cfg.carvings} with env={cfg.env}")
+    if cfg.prm_nll_coef < 0 or (cfg.prm_nll_coef and cfg.granularity != "step"):
+        raise ValueError(f"--prm-nll-coef: expected >= 0, and only with --granularity step (the DPO loss of E3); "
+                         f"got {cfg.prm_nll_coef} with granularity={cfg.granularity}")
     if cfg.prm_steps < 1:
         raise ValueError(f"--prm-steps: expected >= 1 DPO steps per iteration, got {cfg.prm_steps}")
     if not 0 <= cfg.warmstart_random_frac <= 1:

@@ -40,6 +40,9 @@ Deviations from the paper:
   3c) `prm_steps` > 1 (option, not the paper): several DPO steps of π_φ per iteration on the same pairs.
      r_φ is measured against π_θold, which moves every iteration; when the policy's optimiser steps
      outpace the PRM's single one, r_φ turns against what the policy has learned (README Results, Locks).
+  3d) `prm_nll_coef` > 0 (option, not the paper): RPO's NLL of the preferred trajectories' action tokens
+     is added to E3, so π_φ keeps mass on what won; without it DPO can lower the likelihood of the
+     chosen trajectories too (likelihood displacement) and r_φ then favours text no trajectory had.
   4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar,
      and the token rewards go through the same group standardisation as step rewards (each token
      its own segment), so the two differ only in the granularity of the reward and the PRM's loss.
@@ -175,9 +178,12 @@ def _prm_step(prm, prm_opt, batch, old_logp, cfg, reward: torch.Tensor) -> dict:
     q = trajectory_scores(reward, seg_cu, "sum" if cfg.granularity == "token" else cfg.q_reduce)  # (N,)
     q_leaf = q.detach().requires_grad_(True)
     loss, stats = _prm_loss(q_leaf, batch, cfg)
-    _check_finite("prm loss", loss.detach())
     if distributed.world_size() > 1:  # the loss is a mean over all pairs (trajectories for E9) of all ranks
         loss, stats = _global_prm_loss(loss, stats, batch, cfg)
+    if cfg.prm_nll_coef and stats["prm/num_pairs"] > 0:  # option (RPO), not in the paper
+        nll, stats["prm/nll"] = _preferred_nll(q_leaf, batch, old_logp, cfg)
+        loss = loss + cfg.prm_nll_coef * nll
+    _check_finite("prm loss", loss.detach())
     prm_opt.zero_grad(set_to_none=True)
     if stats["prm/num_pairs"] > 0 or cfg.granularity == "token":
         loss.backward()
@@ -198,6 +204,24 @@ def _prm_step(prm, prm_opt, batch, old_logp, cfg, reward: torch.Tensor) -> dict:
     else:
         stats["prm/updated"] = 0.0  # no pair in the batch: the PRM is not updated (paper.md E3)
     return stats
+
+
+def _preferred_nll(q, batch, old_logp, cfg) -> tuple[torch.Tensor, float]:
+    """RPO's term (Pang et al. 2024, arXiv 2404.19733; an option, not in the paper): the mean NLL under
+    π_φ of the action tokens of every trajectory that is τ⁺ in some pair, over all ranks' such tokens.
+
+    It needs no forward of its own: by E1-E2 a trajectory's summed log π_φ is Σ log π_θold + s·Q/β
+    (s = 1 for Q = sum, the number of steps for Q = mean), so the term is a function of Q and its
+    gradient flows through the same ∂L/∂Q pass as the DPO loss. Returns (the term, its value)."""
+    pairs = preference_pairs(batch.won, batch.outcome, batch.group_cu, cfg.pair_rule)  # (P, 2)
+    pos = torch.unique(pairs[:, 0])  # (N⁺,) the preferred trajectories
+    tok_cu = batch.step_cu[batch.traj_cu]  # (N+1,) token offsets of the trajectories
+    old_sum = trajectory_scores(old_logp.float(), tok_cu, "sum")  # (N,) Σ log π_θold over each trajectory
+    steps = (batch.traj_cu[1:] - batch.traj_cu[:-1]).float()  # (N,)
+    s = steps if cfg.q_reduce == "mean" else torch.ones_like(steps)
+    logp_sum = old_sum[pos] + s[pos] * q[pos] / cfg.beta  # (N⁺,) Σ log π_φ over each τ⁺ (E1-E2 inverted)
+    n_tok, total = distributed.all_sum([float((tok_cu[1:] - tok_cu[:-1])[pos].sum()), float(logp_sum.detach().sum())])
+    return -logp_sum.sum() / max(n_tok, 1.0), -total / max(n_tok, 1.0)
 
 
 def _global_prm_loss(loss, stats, batch, cfg):

@@ -40,6 +40,7 @@ def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
         if cfg["istar"]:
             label += "".join(suffix for field, value, suffix in LABEL_SUFFIXES if cfg.get(field) == value)
             label += f" ({cfg['prm_steps']} PRM steps)" if cfg.get("prm_steps", 1) != 1 else ""
+            label += f" (PRM NLL {cfg['prm_nll_coef']:g})" if cfg.get("prm_nll_coef", 0) else ""
     else:
         label = run_dir.name
     return label, rows

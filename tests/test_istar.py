@@ -27,20 +27,29 @@ def cfg_for(**kw):
 
 
 def full_batch_prm_grad(prm, batch, old_logp, cfg):
-    """Reference: the DPO loss on the whole batch in one autograd graph."""
+    """Reference: the DPO loss on the whole batch in one autograd graph (+ RPO's NLL of the preferred
+    trajectories' action tokens, taken from the PRM's token log-probs directly, when cfg asks)."""
     from prm import preference_pairs, trajectory_dpo_loss
 
     prm_logp = token_logprobs(prm, batch.input_ids, batch.attention_mask, batch.action_mask)
     q = trajectory_scores(step_rewards(prm_logp, old_logp, batch.step_cu, cfg.beta, impl="reference"), batch.traj_cu, cfg.q_reduce)
-    loss, _ = trajectory_dpo_loss(q, preference_pairs(batch.won, batch.outcome, batch.group_cu))
+    pairs = preference_pairs(batch.won, batch.outcome, batch.group_cu)
+    loss, _ = trajectory_dpo_loss(q, pairs)
+    if cfg.prm_nll_coef:
+        tok_cu = batch.step_cu[batch.traj_cu]
+        traj_of_token = torch.repeat_interleave(torch.arange(batch.num_traj), (tok_cu[1:] - tok_cu[:-1]).long())  # (T,)
+        preferred = torch.isin(traj_of_token, pairs[:, 0])  # (T,) tokens of a τ⁺
+        loss = loss - cfg.prm_nll_coef * prm_logp[preferred].mean()
     loss.backward()
     return {n: p.grad.clone() for n, p in prm.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("micro_batch,tokens", [(1, 32768), (5, 32768), (64, 32768), (64, 2000)])
-def test_two_phase_prm_gradient_equals_the_full_batch_gradient(setup, micro_batch, tokens):
+@pytest.mark.parametrize("micro_batch,tokens,nll,q_reduce", [(1, 32768, 0.0, "sum"), (5, 32768, 0.0, "sum"), (64, 32768, 0.0, "sum"),
+                                                       (64, 2000, 0.0, "sum"), (5, 32768, 0.7, "sum"), (64, 2000, 1.3, "mean")])
+def test_two_phase_prm_gradient_equals_the_full_batch_gradient(setup, micro_batch, tokens, nll, q_reduce):
+    """Also with --prm-nll-coef (RPO): its term is folded into ∂L/∂Q and must equal the NLL taken directly."""
     tok, policy, batch = setup
-    cfg = cfg_for(micro_batch=micro_batch, micro_batch_tokens=tokens)
+    cfg = cfg_for(micro_batch=micro_batch, micro_batch_tokens=tokens, prm_nll_coef=nll, q_reduce=q_reduce)
     old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
     prm = copy.deepcopy(policy)
     with torch.no_grad():  # make the PRM differ from π_old so rewards are not all zero
@@ -59,6 +68,28 @@ def test_two_phase_prm_gradient_equals_the_full_batch_gradient(setup, micro_batc
     assert captured.keys() == ref.keys()
     for name in ref:
         torch.testing.assert_close(captured[name], ref[name], atol=1e-6, rtol=1e-4)
+
+
+def test_prm_nll_is_logged_as_the_mean_nll_of_the_preferred_tokens_and_checked(setup):
+    from prm import preference_pairs
+
+    tok, policy, batch = setup
+    old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
+    prm = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in prm.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        prm_logp = token_logprobs(prm, batch.input_ids, batch.attention_mask, batch.action_mask)
+    tok_cu = batch.step_cu[batch.traj_cu]
+    traj_of_token = torch.repeat_interleave(torch.arange(batch.num_traj), (tok_cu[1:] - tok_cu[:-1]).long())
+    preferred = torch.isin(traj_of_token, preference_pairs(batch.won, batch.outcome, batch.group_cu)[:, 0])
+    _, stats = update_prm(prm, torch.optim.SGD(prm.parameters(), lr=0.0), batch, old_logp, cfg_for(prm_nll_coef=0.5))
+    assert math.isclose(stats["prm/nll"], -prm_logp[preferred].mean().item(), rel_tol=1e-4)
+    _, stats = update_prm(prm, torch.optim.SGD(prm.parameters(), lr=0.0), batch, old_logp, cfg_for())
+    assert "prm/nll" not in stats  # the paper's loss: no NLL term
+    for bad in (dict(prm_nll_coef=-1.0), dict(prm_nll_coef=1.0, granularity="token")):
+        with pytest.raises(ValueError, match="--prm-nll-coef"):
+            validate(cfg_for(**bad))
 
 
 def test_prm_parameters_move_and_pair_accuracy_rises(setup):
