@@ -135,11 +135,9 @@ def _prm_rewards(prm_logp, old_logp, batch_part, cfg):
     return r, trajectory_scores(r, batch_part.traj_cu, cfg.q_reduce)  # (N,) E2
 
 
-def _prm_loss(q, batch, cfg):
-    if cfg.granularity == "token":
-        return prime_ce_loss(q, batch.won)  # E9
-    pairs = preference_pairs(batch.won, batch.outcome, batch.group_cu, cfg.pair_rule)  # (P, 2)
-    return trajectory_dpo_loss(q, pairs)  # E3
+def _prm_loss(q, batch, cfg, pairs):
+    """E3 on the preference pairs (P, 2), or PRIME's E9 for granularity="token" (pairs None)."""
+    return prime_ce_loss(q, batch.won) if cfg.granularity == "token" else trajectory_dpo_loss(q, pairs)
 
 
 def score_with_prm(prm, batch, old_logp, cfg) -> torch.Tensor:
@@ -177,11 +175,12 @@ def _prm_step(prm, prm_opt, batch, old_logp, cfg, reward: torch.Tensor) -> dict:
     seg_cu = batch.step_cu[batch.traj_cu] if cfg.granularity == "token" else batch.traj_cu
     q = trajectory_scores(reward, seg_cu, "sum" if cfg.granularity == "token" else cfg.q_reduce)  # (N,)
     q_leaf = q.detach().requires_grad_(True)
-    loss, stats = _prm_loss(q_leaf, batch, cfg)
+    pairs = None if cfg.granularity == "token" else preference_pairs(batch.won, batch.outcome, batch.group_cu, cfg.pair_rule)  # (P, 2)
+    loss, stats = _prm_loss(q_leaf, batch, cfg, pairs)
     if distributed.world_size() > 1:  # the loss is a mean over all pairs (trajectories for E9) of all ranks
         loss, stats = _global_prm_loss(loss, stats, batch, cfg)
     if cfg.prm_nll_coef and stats["prm/num_pairs"] > 0:  # option (RPO), not in the paper
-        nll, stats["prm/nll"] = _preferred_nll(q_leaf, batch, old_logp, cfg)
+        nll, stats["prm/nll"] = _preferred_nll(q_leaf, batch, old_logp, cfg, pairs)
         loss = loss + cfg.prm_nll_coef * nll
     _check_finite("prm loss", loss.detach())
     prm_opt.zero_grad(set_to_none=True)
@@ -206,14 +205,13 @@ def _prm_step(prm, prm_opt, batch, old_logp, cfg, reward: torch.Tensor) -> dict:
     return stats
 
 
-def _preferred_nll(q, batch, old_logp, cfg) -> tuple[torch.Tensor, float]:
+def _preferred_nll(q, batch, old_logp, cfg, pairs) -> tuple[torch.Tensor, float]:
     """RPO's term (Pang et al. 2024, arXiv 2404.19733; an option, not in the paper): the mean NLL under
     π_φ of the action tokens of every trajectory that is τ⁺ in some pair, over all ranks' such tokens.
 
     It needs no forward of its own: by E1-E2 a trajectory's summed log π_φ is Σ log π_θold + s·Q/β
     (s = 1 for Q = sum, the number of steps for Q = mean), so the term is a function of Q and its
     gradient flows through the same ∂L/∂Q pass as the DPO loss. Returns (the term, its value)."""
-    pairs = preference_pairs(batch.won, batch.outcome, batch.group_cu, cfg.pair_rule)  # (P, 2)
     pos = torch.unique(pairs[:, 0])  # (N⁺,) the preferred trajectories
     tok_cu = batch.step_cu[batch.traj_cu]  # (N+1,) token offsets of the trajectories
     old_sum = trajectory_scores(old_logp.float(), tok_cu, "sum")  # (N,) Σ log π_θold over each trajectory
