@@ -22,9 +22,11 @@ CURVES = [("env/success", "training success"), ("eval/success_sampled", "eval su
 # well the advantage it was trained on ranked the env's good steps above its bad ones (credit.py).
 OPTIONAL_CURVES = [("eval/expert_prob", "expert-action probability (held-out)"),
                    ("credit/adv_auc", "step-credit AUC of the advantage")]
-# Ablations of the step credit that get a suffix on a run's label: (config field, value, suffix).
-LABEL_SUFFIXES = [("granularity", "token", " (token)"), ("step_reward_source", "oracle", " (oracle step credit)"),
-                  ("prm_order", "after", " (PRM after update)"), ("scale_step_rewards", True, " (scaled r)")]
+# Ablations of the step credit that get a suffix on a run's label: (config field, the paper's value,
+# suffix formatted with the run's value), added when the run's value differs from the paper's.
+LABEL_SUFFIXES = [("granularity", "step", " (token)"), ("step_reward_source", "prm", " (oracle step credit)"),
+                  ("prm_order", "before", " (PRM after update)"), ("scale_step_rewards", False, " (scaled r)"),
+                  ("prm_steps", 1, " ({} PRM steps)"), ("prm_nll_coef", 0, " (PRM NLL {:g})")]
 
 
 def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
@@ -38,9 +40,8 @@ def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
         cfg = json.loads(cfg_file.read_text())
         label = f"{cfg['algo'].upper()}{' w/ iStar' if cfg['istar'] else ''}"
         if cfg["istar"]:
-            label += "".join(suffix for field, value, suffix in LABEL_SUFFIXES if cfg.get(field) == value)
-            label += f" ({cfg['prm_steps']} PRM steps)" if cfg.get("prm_steps", 1) != 1 else ""
-            label += f" (PRM NLL {cfg['prm_nll_coef']:g})" if cfg.get("prm_nll_coef", 0) else ""
+            label += "".join(suffix.format(cfg[field]) for field, paper, suffix in LABEL_SUFFIXES
+                             if cfg.get(field, paper) != paper)
     else:
         label = run_dir.name
     return label, rows
