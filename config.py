@@ -40,6 +40,7 @@ class Config:
     warmstart_lr: float = knob(1e-3, "peak learning rate of the warm start", "model")
     warmstart_schedule: str = knob("cosine", "warm-start lr over its steps: cosine = linear warm-up over the first twentieth of the steps, then cosine decay to a tenth of the peak | constant (the schedule of runs before 2026-12-05)", "model", ["cosine", "constant"])
     warmstart_cache: bool = knob(True, "reuse the warm start of a run with identical warm-start settings (<out_dir>/.warmstart/)", "model")
+    init_seed: int = knob(-1, "seed of the starting policy (the default model's init and its warm start); -1 = --seed. One value for every seed of a sweep starts all its RL runs from one policy, as the paper's seeds start from one pretrained LLM (and one cached warm start serves them all)", "model")
     # --- rollout --------------------------------------------------------------------------
     tasks_per_iter: int = knob(32, "N tasks (env seeds) per iteration (paper: Sokoban 32, WebShop 16)", "rollout")
     group_size: int = knob(8, "G rollouts per task, one group (paper: 8)", "rollout")
@@ -103,6 +104,11 @@ class Config:
             self.prm_lr = 1e-6 if self.model else 2e-4
 
     @property
+    def start_seed(self) -> int:
+        """The seed of the starting policy: --init-seed, or --seed when it is -1."""
+        return self.seed if self.init_seed == -1 else self.init_seed
+
+    @property
     def kernel_impl(self) -> str | None:
         """The `impl` argument of the kernels' public functions (None = dispatch on the device)."""
         return None if self.kernels == "auto" else self.kernels
@@ -137,7 +143,7 @@ STEP_LABELLED_ENVS = ("sokoban", "locks")
 
 # Fields added after runs were saved, with the value every run saved before them used: a run folder's
 # config.json without the field means that value (resume, replay and bench.heldout rebuild it exactly).
-LEGACY_DEFAULTS: dict[str, object] = {"warmstart_schedule": "constant", "carvings": 0}
+LEGACY_DEFAULTS: dict[str, object] = {"warmstart_schedule": "constant", "carvings": 0, "init_seed": -1}
 
 
 def saved_config(path) -> dict:
@@ -205,6 +211,8 @@ def validate(cfg: Config) -> None:
     if cfg.prm_nll_coef < 0 or (cfg.prm_nll_coef and cfg.granularity != "step"):
         raise ValueError(f"--prm-nll-coef: expected >= 0, and only with --granularity step (the DPO loss of E3); "
                          f"got {cfg.prm_nll_coef} with granularity={cfg.granularity}")
+    if cfg.init_seed < -1:
+        raise ValueError(f"--init-seed: expected a seed >= 0, or -1 for --seed, got {cfg.init_seed}")
     if cfg.prm_steps < 1:
         raise ValueError(f"--prm-steps: expected >= 1 DPO steps per iteration, got {cfg.prm_steps}")
     if not 0 <= cfg.warmstart_random_frac <= 1:

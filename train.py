@@ -82,11 +82,11 @@ def build_models(cfg: Config, make, device, run_dir: Path):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
-        policy = build_default_model(tokenizer, cfg.model_size, seed=cfg.seed).to(device)
+        policy = build_default_model(tokenizer, cfg.model_size, seed=cfg.start_seed).to(device)
     else:
         tokenizer = build_tokenizer(env_corpus(make, seeds=range(EVAL_SEED_BASE + 10**6, EVAL_SEED_BASE + 10**6 + 200)), cfg.vocab_size)
         tokenizer.save_pretrained(run_dir / "tokenizer")
-        policy = build_default_model(tokenizer, cfg.model_size, seed=cfg.seed).to(device)
+        policy = build_default_model(tokenizer, cfg.model_size, seed=cfg.start_seed).to(device)
     prm = clone_model(policy)  # π_φ initialised from the policy (paper.md E3)
     policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)  # constant lr (paper.md E8)
     prm_opt = torch.optim.AdamW(prm.parameters(), lr=cfg.prm_lr, weight_decay=0.0)

@@ -32,7 +32,9 @@ logs it as ``eval/expert_prob``; ``python -m bench.warmstart_probe`` per SFT ste
 
 Warm starts are cached (``cached_warm_start``, ``--warmstart-cache``): a run whose warm-start
 settings equal an earlier or concurrent run's loads that policy instead of training again, so the
-variants of one seed in a sweep start RL from the identical policy.
+variants of one seed in a sweep start RL from the identical policy. The warm start's seed is
+``cfg.start_seed`` (``--init-seed``, default ``--seed``): one ``--init-seed`` for every seed of a
+sweep starts all its runs from one policy, as the paper's seeds start from one pretrained LLM.
 
 Demonstration seeds come from their own range (≥ 2**31 + 2·10**6), disjoint from the training
 tasks (< 2**31) and the held-out evaluation tasks (2**31 … 2**31 + eval_tasks).
@@ -168,7 +170,7 @@ def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False, on_
     """SFT on `warmstart_episodes` noisy-expert episodes; returns the demos' success rate and the loss.
     `progress` shows a tqdm bar over the optimiser steps; ``on_step(step, loss)``, if given, is called
     after every optimiser step (bench.warmstart_probe evaluates the policy there)."""
-    env, rng = make(), np.random.default_rng(cfg.seed)
+    env, rng = make(), np.random.default_rng(cfg.start_seed)
     demos, wins = [], []  # demos[k]: the rows of episode k
     for k in range(cfg.warmstart_episodes):
         first, turns, won = play_noisy_expert(env, DEMO_SEED_BASE + k, cfg.warmstart_random_frac, rng)
@@ -176,7 +178,7 @@ def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False, on_
                                cfg.history_steps or None))
         wins.append(won)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.warmstart_lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.start_seed)
     policy.train()
     losses = []
     batch_size = 16  # episodes per optimiser step (all their rows): the loss is a mean over their action tokens
@@ -224,7 +226,7 @@ def cache_dir(cfg, tokenizer) -> Path:
     (the vocabulary changes with the env's text, e.g. an edited system prompt). A setting added later
     (config.LEGACY_DEFAULTS) enters the hash only when it differs from the value of the runs before it,
     so their caches stay valid."""
-    settings = {k: getattr(cfg, k) for k in WARMSTART_KEYS
+    settings = {k: cfg.start_seed if k == "seed" else getattr(cfg, k) for k in WARMSTART_KEYS
                 if k not in LEGACY_DEFAULTS or getattr(cfg, k) != LEGACY_DEFAULTS[k]}
     spec = json.dumps({**settings, "vocab": _vocab_hash(tokenizer)}, sort_keys=True)
     return Path(cfg.out_dir) / ".warmstart" / hashlib.sha1(spec.encode()).hexdigest()[:16]

@@ -72,6 +72,7 @@ def test_four_iterations_equal_two_plus_resumed_two(tmp_path):
     (["--warmstart-random-frac", "2"], "--warmstart-random-frac"),
     (["--minibatches", "1000"], "--minibatches"),
     (["--device", "tpu"], "--device"),
+    (["--init-seed", "-2"], "--init-seed"),
 ])
 def test_bad_config_fails_before_any_work_naming_the_field(argv, field):
     with pytest.raises(ValueError, match=field):
@@ -121,6 +122,12 @@ def test_warm_start_is_cached_and_shared(tmp_path, capsys):
     assert a["before"] == b["before"]  # the same policy before RL
     train(tiny(tmp_path, run_name="c", iterations=1, eval_every=0, seed=1))  # another seed: its own warm start
     assert len(list((tmp_path / ".warmstart").iterdir())) == 2
+    capsys.readouterr()
+    d = train(tiny(tmp_path, run_name="d", iterations=1, eval_every=0, seed=2, init_seed=0))  # a's starting policy
+    assert "'cached'" in capsys.readouterr().out and d["before"] == a["before"]
+    assert len(list((tmp_path / ".warmstart").iterdir())) == 2
+    e = train(tiny(tmp_path / "nocache", run_name="e", iterations=1, eval_every=0, seed=2, init_seed=0, warmstart_cache=False))
+    assert e["before"] == a["before"]  # trained again from --init-seed's init: the same policy, without the cache
 
 
 def test_warm_start_lock(tmp_path):
