@@ -17,8 +17,14 @@ per iteration (training steps, not evaluation):
                           gets its episode's value, so this only sorts steps by their episode)
     credit/prm_auc        AUC of the implicit step reward r_φ (E1): the PRM's step credit alone
     credit/adv_auc        AUC of A^E_i + α·A^S_{i,t} (E7), the credit the policy update uses
+    credit/*_gap          the same pairs' mean score difference, score(good) − score(bad): how much
+                          of the score's magnitude (for adv: of the advantage that weights the policy
+                          gradient) lands on the right side, where the AUC only counts which side
 
-iStar assigns credit better than its base algorithm exactly when adv_auc > episode_auc. For the
+iStar assigns credit better than its base algorithm exactly when adv_auc > episode_auc. The AUC
+can be perfect while the gap is small (a few good steps far ahead, most just above the bad ones):
+the policy gradient of a step's choice follows E[A | good] − E[A | bad] (what adv_gap averages),
+not the ranking. For the
 PRIME ablation (token granularity, paper.md E9) a step's reward is the sum of its tokens'
 rewards and its advantage their mean. Unlabelled steps (label −1: other envs, dead ends) are left
 out; with no (good, bad) pair the AUCs are absent from the stats.
@@ -35,6 +41,12 @@ import distributed
 from prm import trajectory_scores
 
 
+def _check_shapes(name: str, score: torch.Tensor, label: torch.Tensor, group: torch.Tensor) -> None:
+    if not (score.shape == label.shape == group.shape and score.ndim == 1):
+        raise ValueError(f"{name}: expected three (S,) tensors, got {tuple(score.shape)}, "
+                         f"{tuple(label.shape)}, {tuple(group.shape)}")
+
+
 def within_group_auc(score: torch.Tensor, label: torch.Tensor, group: torch.Tensor) -> tuple[float, int]:
     """Mann-Whitney count over same-group pairs: (Σ wins, number of pairs); AUC = wins / pairs.
 
@@ -45,9 +57,7 @@ def within_group_auc(score: torch.Tensor, label: torch.Tensor, group: torch.Tens
     A pair (i good, j bad, same group) wins 1 if score_i > score_j and ½ if equal. Returned as sums
     so data-parallel ranks can add theirs before dividing.
     """
-    if not (score.shape == label.shape == group.shape and score.ndim == 1):
-        raise ValueError(f"within_group_auc: expected three (S,) tensors, got {tuple(score.shape)}, "
-                         f"{tuple(label.shape)}, {tuple(group.shape)}")
+    _check_shapes("within_group_auc", score, label, group)
     s, y, g = score.detach().float().cpu().numpy(), label.cpu().numpy(), group.cpu().numpy()
     wins, pairs = 0.0, 0
     for gid in np.unique(g[y >= 0]):
@@ -60,6 +70,20 @@ def within_group_auc(score: torch.Tensor, label: torch.Tensor, group: torch.Tens
         wins += float(below.sum() + 0.5 * tied.sum())
         pairs += good.size * bad.size
     return wins, pairs
+
+
+def within_group_gap(score: torch.Tensor, label: torch.Tensor, group: torch.Tensor) -> tuple[float, int]:
+    """Σ over the same-group (good, bad) pairs of score_good − score_bad, and their number; the mean
+    difference (gap) = sum / pairs. Per group the sum is n_bad·Σ good − n_good·Σ bad (no pair loop).
+    Args as ``within_group_auc``."""
+    _check_shapes("within_group_gap", score, label, group)
+    s, y, g = score.detach().double().cpu().numpy(), label.cpu().numpy(), group.cpu().numpy()
+    total, pairs = 0.0, 0
+    for gid in np.unique(g[y >= 0]):
+        good, bad = s[(g == gid) & (y == 1)], s[(g == gid) & (y == 0)]
+        total += float(bad.size * good.sum() - good.size * bad.sum())
+        pairs += good.size * bad.size
+    return total, pairs
 
 
 def credit_stats(batch, episode_adv: torch.Tensor, implicit_reward: torch.Tensor | None = None,
@@ -87,13 +111,14 @@ def credit_stats(batch, episode_adv: torch.Tensor, implicit_reward: torch.Tensor
         scores["adv"] = scores["episode"] + step_adv_coef * step_adv  # (S,) E7
     sums = []
     for score in scores.values():
-        sums += list(within_group_auc(score, label, group))
+        sums += [*within_group_auc(score, label, group), within_group_gap(score, label, group)[0]]
     sums = distributed.all_sum(sums)
     stats = {"credit/optimal_frac": labelled[1] / labelled[0]}
     for k, name in enumerate(scores):
-        wins, pairs = sums[2 * k], sums[2 * k + 1]
+        wins, pairs, diff = sums[3 * k: 3 * k + 3]
         if pairs > 0:
             stats[f"credit/{name}_auc"] = wins / pairs
-    if "credit/episode_auc" in stats and implicit_reward is None:
-        stats["credit/adv_auc"] = stats["credit/episode_auc"]  # the base algorithm's advantage is A^E
+            stats[f"credit/{name}_gap"] = diff / pairs
+    if "credit/episode_auc" in stats and implicit_reward is None:  # the base algorithm's advantage is A^E
+        stats["credit/adv_auc"], stats["credit/adv_gap"] = stats["credit/episode_auc"], stats["credit/episode_gap"]
     return stats

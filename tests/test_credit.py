@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from credit import credit_stats, within_group_auc
+from credit import credit_stats, within_group_auc, within_group_gap
 from rollout import Trajectory, pack
 
 
@@ -34,6 +34,19 @@ def test_within_group_auc_equals_the_brute_force_count_and_ignores_other_groups(
     assert within_group_auc(t(moved, torch.float32), t(label, torch.int8), t(group, torch.long))[1] == pairs
 
 
+@settings(deadline=None, max_examples=200)
+@given(steps=steps, shift=st.floats(-100, 100))
+def test_within_group_gap_is_the_mean_pair_difference_and_ignores_other_groups(steps, shift):
+    score, label, group = (list(x) for x in zip(*steps)) if steps else ([], [], [])
+    t = lambda x, dt: torch.tensor(x, dtype=dt)  # noqa: E731
+    total, pairs = within_group_gap(t(score, torch.float32), t(label, torch.int8), t(group, torch.long))
+    diffs = [score[i] - score[j] for i in range(len(score)) for j in range(len(score))
+             if label[i] == 1 and label[j] == 0 and group[i] == group[j]]
+    assert pairs == len(diffs) and total == pytest.approx(sum(diffs), abs=1e-9)
+    moved = [s + shift if g == 0 else s for s, g in zip(score, group)]  # a group's offset cancels in its pairs
+    assert within_group_gap(t(moved, torch.float64), t(label, torch.int8), t(group, torch.long))[0] == pytest.approx(total, abs=1e-6)
+
+
 def _batch(labels_per_traj, groups):
     trajs = []
     for labels, g in zip(labels_per_traj, groups):
@@ -56,6 +69,11 @@ def test_credit_stats_of_perfect_noisy_and_unlabelled_step_scores():
     assert base["credit/episode_auc"] == pytest.approx((4 + 1 + 1) / 8)
     perfect = credit_stats(batch, episode_adv, implicit_reward=label, step_adv=label, step_adv_coef=100.0)
     assert perfect["credit/prm_auc"] == 1.0 and perfect["credit/adv_auc"] == 1.0
+    # gaps: group 0's 4 pairs across its trajectories differ by 2 in A^E, its other 2 and group 1's 2 by 0: 8 / 8;
+    # a 0/1 label differs by 1 in every pair, so A^E + 100·label adds 100
+    assert base["credit/episode_gap"] == pytest.approx(1.0) and base["credit/adv_gap"] == base["credit/episode_gap"]
+    assert perfect["credit/prm_gap"] == 1.0
+    assert perfect["credit/adv_gap"] == pytest.approx(base["credit/episode_gap"] + 100.0)
     inverted = credit_stats(batch, episode_adv, implicit_reward=-label, step_adv=-label)
     assert inverted["credit/prm_auc"] == 0.0
     unlabelled = _batch([[-1, -1], [-1]], groups=[0, 0])
