@@ -80,6 +80,7 @@ class Config:
     entropy_coef: float = knob(0.001, "entropy bonus (released code: 0.001)", "policy")
     kl_coef: float = knob(0.0, "KL penalty to the policy this process started from (after warm start or resume), k3 (paper: none)", "policy")
     grad_clip: float = knob(1.0, "policy gradient-norm clip", "policy")
+    adam_beta2: float = knob(0.999, "β2 of the policy's AdamW: its second-moment estimate remembers about 1/(1-β2) optimiser steps (iterations × minibatches × epochs); 0.999 is PyTorch's default. With iStar the memory holds the PRM's early, noisy credit and shrinks the policy's steps once the credit is right (docs/results.md, Locks)", "policy")
     # --- kernels --------------------------------------------------------------------------
     kernels: str = knob("auto", "auto = Triton on CUDA, torch reference elsewhere | triton | reference", "kernels", ["auto", "triton", "reference"])
     # --- run and logging ------------------------------------------------------------------
@@ -143,7 +144,7 @@ STEP_LABELLED_ENVS = ("sokoban", "locks")
 
 # Fields added after runs were saved, with the value every run saved before them used: a run folder's
 # config.json without the field means that value (resume, replay and bench.heldout rebuild it exactly).
-LEGACY_DEFAULTS: dict[str, object] = {"warmstart_schedule": "constant", "carvings": 0, "init_seed": -1}
+LEGACY_DEFAULTS: dict[str, object] = {"warmstart_schedule": "constant", "carvings": 0, "init_seed": -1, "adam_beta2": 0.999}
 
 
 def saved_config(path) -> dict:
@@ -211,6 +212,8 @@ def validate(cfg: Config) -> None:
     if cfg.prm_nll_coef < 0 or (cfg.prm_nll_coef and cfg.granularity != "step"):
         raise ValueError(f"--prm-nll-coef: expected >= 0, and only with --granularity step (the DPO loss of E3); "
                          f"got {cfg.prm_nll_coef} with granularity={cfg.granularity}")
+    if not 0.0 <= cfg.adam_beta2 < 1.0:
+        raise ValueError(f"--adam-beta2: expected a value in [0, 1), got {cfg.adam_beta2}")
     if cfg.init_seed < -1:
         raise ValueError(f"--init-seed: expected a seed >= 0, or -1 for --seed, got {cfg.init_seed}")
     if cfg.prm_steps < 1:

@@ -88,7 +88,7 @@ def build_models(cfg: Config, make, device, run_dir: Path):
         tokenizer.save_pretrained(run_dir / "tokenizer")
         policy = build_default_model(tokenizer, cfg.model_size, seed=cfg.start_seed).to(device)
     prm = clone_model(policy)  # π_φ initialised from the policy (paper.md E3)
-    policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)  # constant lr (paper.md E8)
+    policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=0.0)  # constant lr (paper.md E8)
     prm_opt = torch.optim.AdamW(prm.parameters(), lr=cfg.prm_lr, weight_decay=0.0)
     return tokenizer, policy, prm, policy_opt, prm_opt
 

@@ -73,6 +73,7 @@ def test_four_iterations_equal_two_plus_resumed_two(tmp_path):
     (["--minibatches", "1000"], "--minibatches"),
     (["--device", "tpu"], "--device"),
     (["--init-seed", "-2"], "--init-seed"),
+    (["--adam-beta2", "1"], "--adam-beta2"),
 ])
 def test_bad_config_fails_before_any_work_naming_the_field(argv, field):
     with pytest.raises(ValueError, match=field):
@@ -105,11 +106,14 @@ def test_plot_and_show(tmp_path):
 
 
 def test_env_step_budget_stops_the_run_with_a_final_evaluation(tmp_path):
-    summary = train(tiny(tmp_path, run_name="budget", iterations=5, max_env_steps=1, eval_every=0, save_every=10))
+    summary = train(tiny(tmp_path, run_name="budget", iterations=5, max_env_steps=1, eval_every=0, save_every=10, adam_beta2=0.99))
     got = rows(tmp_path / "budget")
     assert [r["iteration"] for r in got] == [0, 1]  # the first iteration already passes 1 env step
     assert "eval/success_greedy" in got[-1] and summary["after"]["iteration"] == 1
-    assert torch.load(tmp_path / "budget" / "checkpoint.pt", weights_only=False)["iteration"] == 1
+    state = torch.load(tmp_path / "budget" / "checkpoint.pt", weights_only=False)
+    assert state["iteration"] == 1
+    assert tuple(state["policy_opt"]["param_groups"][0]["betas"]) == (0.9, 0.99)  # --adam-beta2 is the policy's
+    assert tuple(state["prm_opt"]["param_groups"][0]["betas"]) == (0.9, 0.999)
 
 
 def test_warm_start_is_cached_and_shared(tmp_path, capsys):
