@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("commands")
     run.add_argument("--preset", default=None, choices=sorted(PRESETS), help="apply a preset on top of the env's (e.g. tiny for a CPU smoke run)")
     run.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run saved in RUN_DIR exactly where it stopped")
+    run.add_argument("--fresh-policy-optimizer", action="store_true", help="with --resume: start the policy's AdamW afresh (its moments and step count) instead of loading its state; an experiment, not an exact continuation")
     run.add_argument("--plot", nargs="+", default=None, metavar="RUN_DIR", help="plot success and return vs env steps of these runs to a PNG and exit")
     run.add_argument("--show", default=None, metavar="RUN_DIR", help="replay an evaluation episode of RUN_DIR's policy with each step's implicit reward, and exit")
     return parser

@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 import distributed
-from config import Config, parse_config, saved_config
+from config import Config, parse_config, saved_config, validate
 from envs import make_env
 from istar import NonFiniteError, istar_update
 from model import build_default_model, build_tokenizer, clone_model, load_model, save_model
@@ -115,11 +115,31 @@ def save_checkpoint(run_dir: Path, iteration: int, policy, prm, policy_opt, prm_
     return path
 
 
-def load_checkpoint(run_dir: Path, policy, prm, policy_opt, prm_opt, rngs: dict) -> tuple[int, int]:
+# Flags a resumed run takes from the command line; every other setting is the run's own (config.json).
+# step_reward_source: continue a run with the env's labels as step credit (an experiment, docs/results.md).
+RESUME_FLAGS = ("iterations", "device", "eval_every", "save_every", "fsdp", "step_reward_source")
+
+
+def resumed_config(run_dir, cfg: Config, argv: list[str]) -> Config:
+    """The config of the run saved in ``run_dir``, with the RESUME_FLAGS given in ``argv`` taken from ``cfg``."""
+    saved = saved_config(Path(run_dir) / "config.json")
+    given = {a.split("=")[0] for a in argv}
+    saved.update({k: getattr(cfg, k) for k in RESUME_FLAGS
+                  if {f"--{k.replace('_', '-')}", f"--no-{k.replace('_', '-')}"} & given})
+    resumed = Config(**saved)
+    validate(resumed)
+    return resumed
+
+
+def load_checkpoint(run_dir: Path, policy, prm, policy_opt, prm_opt, rngs: dict,
+                    fresh_policy_opt: bool = False) -> tuple[int, int]:
+    """Restore everything ``save_checkpoint`` wrote; ``fresh_policy_opt`` keeps the policy's new AdamW
+    (no moments, step 0) instead: an experiment on the optimiser's memory (docs/results.md, Locks)."""
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     policy.load_state_dict(state["policy"])
     prm.load_state_dict(state["prm"])
-    policy_opt.load_state_dict(state["policy_opt"])
+    if not fresh_policy_opt:
+        policy_opt.load_state_dict(state["policy_opt"])
     prm_opt.load_state_dict(state["prm_opt"])
     torch.set_rng_state(state["torch_rng"])
     rngs["shuffle"].set_state(state["shuffle_rng"])
@@ -251,7 +271,7 @@ def collapse_warning(row: dict) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
-def train(cfg: Config, resume: str | None = None) -> dict:
+def train(cfg: Config, resume: str | None = None, fresh_policy_opt: bool = False) -> dict:
     # --- config, run folder, seeding ---
     device = distributed.setup(resolve_device(cfg))  # torchrun: join the process group; else unchanged
     if cfg.fsdp and not torch.distributed.is_initialized():
@@ -276,10 +296,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         tokenizer, policy, prm, policy_opt, prm_opt = build_models(cfg, make, device, run_dir)
     start, env_steps = 0, 0
     if resume:
-        start, env_steps = load_checkpoint(run_dir, policy, prm, policy_opt, prm_opt, rngs)
+        start, env_steps = load_checkpoint(run_dir, policy, prm, policy_opt, prm_opt, rngs, fresh_policy_opt)
         if main:
             truncate_metrics(run_dir, start)
-            print(f"resumed {run_dir} at iteration {start}")
+            print(f"resumed {run_dir} at iteration {start}" + (" with a fresh policy optimiser" if fresh_policy_opt else ""))
     elif cfg.warmstart == "on" or (cfg.warmstart == "auto" and not cfg.model):
         if main:  # rank 0 warm-starts, then broadcasts (below): every rank starts RL from the same weights
             ws = (cached_warm_start if cfg.warmstart_cache else warm_start)(policy, tokenizer, make, cfg, device, progress=True)  # SFT on noisy expert demos
@@ -402,13 +422,12 @@ if __name__ == "__main__":
         from plot import plot_runs
 
         print(plot_runs(args.plot, Path(args.plot[0]) / "curves.png" if len(args.plot) == 1 else "curves.png"))
+    elif args.fresh_policy_optimizer and not args.resume:
+        raise SystemExit("--fresh-policy-optimizer: only with --resume RUN_DIR (a new run's optimiser is fresh anyway)")
     elif args.show:
         show(args.show, cfg)
     elif args.resume:
-        saved = saved_config(Path(args.resume) / "config.json")
-        saved.update({k: v for k, v in dataclasses.asdict(cfg).items() if k in ("iterations", "device", "eval_every", "save_every", "fsdp")
-                      and f"--{k.replace('_', '-')}" in " ".join(sys.argv)})  # allow extending a run
-        train(Config(**saved), resume=args.resume)
+        train(resumed_config(args.resume, cfg, sys.argv[1:]), resume=args.resume, fresh_policy_opt=args.fresh_policy_optimizer)
     else:
         train(cfg)
     distributed.teardown()

@@ -57,6 +57,12 @@ def test_four_iterations_equal_two_plus_resumed_two(tmp_path):
     for key in ("policy", "prm"):
         for name in a[key]:
             torch.testing.assert_close(a[key][name], b[key][name], atol=1e-5, rtol=1e-4, msg=f"{key}.{name}")
+    # --fresh-policy-optimizer: the same resume with the policy's AdamW restarted (2 iterations of steps, not 4)
+    train(tiny(tmp_path, run_name="fresh", iterations=2, eval_every=0))
+    train(Config(**{**saved, "run_name": "fresh", "iterations": 4}), resume=str(tmp_path / "fresh"), fresh_policy_opt=True)
+    c = torch.load(tmp_path / "fresh" / "checkpoint.pt", weights_only=False)
+    steps = lambda opt: {float(v["step"]) for v in opt["state"].values()}  # noqa: E731
+    assert steps(c["policy_opt"]) == {s / 2 for s in steps(a["policy_opt"])} and steps(c["prm_opt"]) == steps(a["prm_opt"])
     ra = {r["iteration"]: r for r in rows(tmp_path / "full")}
     rb = {r["iteration"]: r for r in rows(tmp_path / "split")}
     assert sorted(ra) == sorted(rb) == [0, 1, 2, 3, 4]  # the resumed run rewrote nothing twice
@@ -311,3 +317,20 @@ def test_locks_runs_end_to_end_with_oracle_step_credit(tmp_path):
     for r in got[1:]:
         assert r["env/steps"] == 3 and 0 <= r["credit/optimal_frac"] <= 1 and math.isfinite(r["policy/pg_loss"])
         assert "prm/dpo_loss" not in r
+
+
+def test_resume_takes_only_its_flags_from_the_command_line(tmp_path):
+    """``--resume RUN`` keeps the run's settings except RESUME_FLAGS given on the command line (e.g.
+    --iterations, or --step-reward-source oracle to continue with the env's labels as step credit);
+    other flags are ignored, and a combination that fails validation is refused."""
+    from train import resumed_config
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = tiny(tmp_path, env="locks", iterations=2, lr=3e-4)
+    (run / "config.json").write_text(json.dumps(saved.__dict__))
+    argv = ["--resume", str(run), "--iterations=6", "--step-reward-source", "oracle", "--lr", "1e-3", "--no-fsdp"]
+    cfg = resumed_config(run, parse_config(argv)[0], argv)
+    assert (cfg.iterations, cfg.step_reward_source, cfg.lr, cfg.env) == (6, "oracle", 3e-4, "locks")
+    (run / "config.json").write_text(json.dumps({**saved.__dict__, "env": "webshop"}))  # no step labels
+    with pytest.raises(ValueError, match="--step-reward-source"):
+        resumed_config(run, parse_config(argv)[0], argv)
