@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -306,7 +307,7 @@ def test_a_run_whose_rollouts_are_all_invalid_is_flagged():
     assert collapse_warning({"iteration": 1}) is None
 
 
-def test_locks_runs_end_to_end_with_oracle_step_credit(tmp_path):
+def test_locks_runs_end_to_end_with_oracle_step_credit(tmp_path, capsys):
     """``--env locks`` (labelled steps, fixed length: ``--max-steps`` doors) runs the loop with the
     oracle's step rewards, which replace the PRM (not trained)."""
     argv = ["--env", "locks", "--preset", "tiny", "--out-dir", str(tmp_path), "--kernels", "reference", "--max-steps", "3",
@@ -317,6 +318,21 @@ def test_locks_runs_end_to_end_with_oracle_step_credit(tmp_path):
     for r in got[1:]:
         assert r["env/steps"] == 3 and 0 <= r["credit/optimal_frac"] <= 1 and math.isfinite(r["policy/pg_loss"])
         assert "prm/dpo_loss" not in r
+    # bench.locks_keys: P(key | carving) of the run's checkpoint and of its warm start; the table's
+    # stats against a hand-made table (4 carvings, the rule's key of each first, then a shared favourite)
+    from bench.locks_keys import key_stats, main
+    main([str(tmp_path / "locks"), "--warmstart"])
+    lines = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert lines[0].startswith("warm start p_right") and lines[1].startswith(str(tmp_path / "locks"))
+    from envs.locks import KEYS, RULE, SHAPES
+    table = np.full((4, 4), 0.1)
+    for c, shape in enumerate(SHAPES[:4]):
+        table[c, KEYS.index(RULE[shape])] = 0.6
+    stats = key_stats(table, list(SHAPES[:4]))
+    assert stats["p_right"] == pytest.approx(0.6) and stats["p_keys"] == pytest.approx(0.9) and stats["argmax_right"] == 1.0
+    table[:, 0] = 0.7  # one key for every carving
+    stats = key_stats(table, list(SHAPES[:4]))
+    assert stats["same_argmax"] == 1.0 and stats["argmax_right"] == sum(RULE[s] == KEYS[0] for s in SHAPES[:4]) / 4
 
 
 def test_resume_takes_only_its_flags_from_the_command_line(tmp_path):
