@@ -22,8 +22,8 @@ summary (``<out>/results.md``, ``<out>/curves.png``) has per variant, mean ± st
   * final eval success (greedy and sampled), the last evaluation of each run;
   * training success at the budget B = the fewest environment steps any run of the sweep took
     (each run's curve interpolated at B), and averaged over its last 10% of iterations;
-  * environment steps until the training success (a running mean over ``--window`` iterations)
-    first reaches ``--threshold``, over the runs that reached it ("k/n reached");
+  * environment steps until the training success (a running mean over ``--window`` iterations,
+    full windows only) first reaches ``--threshold``, over the runs that reached it ("k/n reached");
   * where the env labels its steps (Sokoban), ``credit/adv_auc`` averaged over a run's iterations:
     how well the advantage the policy was trained on ranked good steps above bad ones (credit.py).
   * ``eval/expert_prob`` at the first and the last evaluation: the policy's probability of the
@@ -137,9 +137,12 @@ def has_iterations(run: Path) -> bool:
 
 
 def _reach(steps: np.ndarray, success: np.ndarray, threshold: float, window: int) -> float | None:
-    """Env steps at the first iteration whose running mean success (last ``window`` iterations) ≥ threshold."""
-    for i in range(len(success)):
-        if success[max(0, i - window + 1):i + 1].mean() >= threshold:
+    """Env steps at the first iteration whose running mean success over the last ``window`` iterations
+    ≥ threshold. Only full windows count (a run shorter than ``window``: all its iterations), so one
+    lucky first iteration does not 'reach' a level the run never holds."""
+    w = max(1, min(window, len(success)))
+    for i in range(w - 1, len(success)):
+        if success[i - w + 1:i + 1].mean() >= threshold:
             return float(steps[i])
     return None
 

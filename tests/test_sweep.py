@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from config import parse_config
@@ -53,6 +54,16 @@ def test_summary_numbers(tmp_path):
                                      " 0.250 ± 0.000 → 0.562 ± 0.062 "]
     assert grpo.split("|")[2:10] == [" 1 ", " 0.000 ", " 0.100 ", " 0.200 ", " 0.200 ", " - (0/1 reached) ", " 0.520 ",
                                      " 0.250 → 0.250 "]
+
+
+def test_reaching_a_level_needs_a_full_window():
+    """One lucky first iteration does not reach a level the run never holds over ``window`` iterations;
+    a run shorter than the window is judged on all its iterations."""
+    from sweep import _reach
+    steps = np.arange(1, 7) * 100.0
+    assert _reach(steps, np.array([0.9, 0.0, 0.0, 0.0, 0.0, 0.0]), 0.5, 5) is None
+    assert _reach(steps, np.array([0.0, 1.0, 1.0, 1.0, 0.0, 0.0]), 0.5, 3) == 300.0  # mean of 0, 1, 1 first ≥ 0.5
+    assert _reach(steps[:2], np.array([0.4, 0.8]), 0.5, 5) == 200.0 and _reach(steps[:2], np.array([0.9, 0.0]), 0.5, 5) is None
 
 
 def test_a_real_sweep_runs_and_writes_its_table(tmp_path):
