@@ -21,30 +21,37 @@ def brute_auc(score, label, group):
 steps = st.lists(st.tuples(st.integers(-3, 3).map(lambda x: x / 2), st.integers(-1, 1), st.integers(0, 3)), max_size=60)
 
 
+def _columns(steps):
+    """(score, label, group) lists of a drawn list of steps."""
+    return tuple(list(x) for x in zip(*steps)) if steps else ([], [], [])
+
+
+def _tensors(score, label, group, dtype=torch.float32):
+    return torch.tensor(score, dtype=dtype), torch.tensor(label, dtype=torch.int8), torch.tensor(group, dtype=torch.long)
+
+
 @settings(deadline=None, max_examples=200)
 @given(steps=steps, shift=st.floats(-100, 100))
 def test_within_group_auc_equals_the_brute_force_count_and_ignores_other_groups(steps, shift):
-    score, label, group = (list(x) for x in zip(*steps)) if steps else ([], [], [])
-    t = lambda x, dt: torch.tensor(x, dtype=dt)  # noqa: E731
-    wins, pairs = within_group_auc(t(score, torch.float32), t(label, torch.int8), t(group, torch.long))
+    score, label, group = _columns(steps)
+    wins, pairs = within_group_auc(*_tensors(score, label, group))
     ref_wins, ref_pairs = brute_auc(score, label, group)
     assert pairs == ref_pairs and wins == pytest.approx(ref_wins)
     # shifting one group's scores changes nothing: steps of different groups are never compared
     moved = [s + shift if g == 0 else s for s, g in zip(score, group)]
-    assert within_group_auc(t(moved, torch.float32), t(label, torch.int8), t(group, torch.long))[1] == pairs
+    assert within_group_auc(*_tensors(moved, label, group)) == (wins, pairs)
 
 
 @settings(deadline=None, max_examples=200)
 @given(steps=steps, shift=st.floats(-100, 100))
 def test_within_group_gap_is_the_mean_pair_difference_and_ignores_other_groups(steps, shift):
-    score, label, group = (list(x) for x in zip(*steps)) if steps else ([], [], [])
-    t = lambda x, dt: torch.tensor(x, dtype=dt)  # noqa: E731
-    total, pairs = within_group_gap(t(score, torch.float32), t(label, torch.int8), t(group, torch.long))
+    score, label, group = _columns(steps)
+    total, pairs = within_group_gap(*_tensors(score, label, group))
     diffs = [score[i] - score[j] for i in range(len(score)) for j in range(len(score))
              if label[i] == 1 and label[j] == 0 and group[i] == group[j]]
     assert pairs == len(diffs) and total == pytest.approx(sum(diffs), abs=1e-9)
     moved = [s + shift if g == 0 else s for s, g in zip(score, group)]  # a group's offset cancels in its pairs
-    assert within_group_gap(t(moved, torch.float64), t(label, torch.int8), t(group, torch.long))[0] == pytest.approx(total, abs=1e-6)
+    assert within_group_gap(*_tensors(moved, label, group, torch.float64))[0] == pytest.approx(total, abs=1e-6)
 
 
 def _batch(labels_per_traj, groups):
