@@ -80,7 +80,7 @@ class Config:
     entropy_coef: float = knob(0.001, "entropy bonus (released code: 0.001)", "policy")
     kl_coef: float = knob(0.0, "KL penalty to the policy this process started from (after warm start or resume), k3 (paper: none)", "policy")
     grad_clip: float = knob(1.0, "policy gradient-norm clip", "policy")
-    adam_beta2: float = knob(0.999, "β2 of the policy's AdamW: its second-moment estimate remembers about 1/(1-β2) optimiser steps (iterations × minibatches × epochs); 0.999 is PyTorch's default. With iStar the memory holds the PRM's early, noisy credit and shrinks the policy's steps once the credit is right (docs/results.md, Locks)", "policy")
+    adam_beta2: float = knob(0.999, "β2 of the policy's AdamW: its second-moment estimate remembers about 1/(1-β2) optimiser steps (iterations × minibatches × epochs); 0.999 is PyTorch's default. On Locks' 16-carving plateau 0.99 learned the rule sooner with RLOO and with iStar (docs/results.md, Locks)", "policy")
     # --- kernels --------------------------------------------------------------------------
     kernels: str = knob("auto", "auto = Triton on CUDA, torch reference elsewhere | triton | reference", "kernels", ["auto", "triton", "reference"])
     # --- run and logging ------------------------------------------------------------------
