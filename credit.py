@@ -24,9 +24,8 @@ per iteration (training steps, not evaluation):
 iStar assigns credit better than its base algorithm exactly when adv_auc > episode_auc. The AUC
 can be perfect while the gap is small (a few good steps far ahead, most just above the bad ones):
 the policy gradient of a step's choice follows E[A | good] − E[A | bad] (what adv_gap averages),
-not the ranking. For the
-PRIME ablation (token granularity, paper.md E9) a step's reward is the sum of its tokens'
-rewards and its advantage their mean. Unlabelled steps (label −1: other envs, dead ends) are left
+not the ranking. For the PRIME ablation (token granularity, paper.md E9) a step's reward is the
+sum of its tokens' rewards and its advantage their mean. Unlabelled steps (label −1: other envs, dead ends) are left
 out; with no (good, bad) pair the AUCs are absent from the stats.
 
 Diagnostics only: nothing here feeds back into training. Deviations from the paper: the paper
