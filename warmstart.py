@@ -123,11 +123,9 @@ def expert_rows(tokenizer, make, cfg, episodes: int) -> list[tuple[list[int], li
 
 
 @torch.no_grad()
-def expert_prob(policy, rows, pad_id: int, device, chunk: int = 64) -> float:
-    """Mean over the expert's actions in ``rows`` of π(expert action | its context) = exp(Σ of its
-    tokens' log-probs): how much of the policy's mass is on what the expert does, a dense measure
-    of what it knows (Sokoban: a policy that ignores the board puts ~0.25 there, the expert's own
-    move being one of four). Every contiguous run of action tokens in a row is one action."""
+def action_probs(policy, rows, pad_id: int, device, chunk: int = 64) -> list[float]:
+    """π(action | its context) = exp(Σ of its tokens' log-probs) of every action in ``rows``, row-major;
+    every contiguous run of action tokens in a row is one action."""
     probs = []
     for lo in range(0, len(rows), chunk):
         part = rows[lo:lo + chunk]
@@ -135,6 +133,14 @@ def expert_prob(policy, rows, pad_id: int, device, chunk: int = 64) -> float:
         logp = token_logprobs(policy, ids, am, act).float().cpu()  # (T,) row-major, as the runs below
         runs = [n for _, mask in part for n in _true_runs(mask)]  # action lengths, row-major
         probs += [s.sum().exp().item() for s in logp.split(runs)]
+    return probs
+
+
+def expert_prob(policy, rows, pad_id: int, device, chunk: int = 64) -> float:
+    """Mean over the expert's actions in ``rows`` of π(expert action | its context) (``action_probs``):
+    how much of the policy's mass is on what the expert does, a dense measure of what it knows
+    (Sokoban: a policy that ignores the board puts ~0.25 there, the expert's own move being one of four)."""
+    probs = action_probs(policy, rows, pad_id, device, chunk)
     return float(np.mean(probs)) if probs else float("nan")
 
 

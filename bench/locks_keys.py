@@ -29,9 +29,9 @@ import torch
 from bench.heldout import run_config
 from envs import wrap_action
 from envs.locks import KEYS, RULE
-from model import build_default_model, token_logprobs
+from model import build_default_model
 from train import env_factory
-from warmstart import cache_dir, demo_rows, pad_rows
+from warmstart import action_probs, cache_dir, demo_rows
 
 
 def key_table(policy, tokenizer, cfg) -> np.ndarray:
@@ -44,11 +44,8 @@ def key_table(policy, tokenizer, cfg) -> np.ndarray:
         first = env._observation()
         rows = [demo_rows(tokenizer, env.system_prompt, first, [(wrap_action(k), "")], cfg.max_context,
                           cfg.max_action_tokens, cfg.history_steps or None)[0] for k in KEYS]
-        ids, am, act = pad_rows(rows, tokenizer.pad_token_id)
-        with torch.no_grad():
-            logp = token_logprobs(policy, ids, am, act).float()  # (T,) the 4 actions' tokens, row-major
-        table.append([s.sum().exp().item() for s in logp.split([sum(m) for _, m in rows])])
-    return np.array(table)
+        table.append(action_probs(policy, rows, tokenizer.pad_token_id, "cpu"))  # one row per key
+    return np.array(table)  # (C, 4)
 
 
 def key_stats(table: np.ndarray, shapes: list[str]) -> dict:
