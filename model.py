@@ -16,7 +16,8 @@ What this file gives the rest of istar:
   the PPO ratio of paper Eq. 6 (paper.md E8). It computes the vocabulary log-softmax in fp32 only at
   action positions, chunked over rows (longest first; the prefix every row of a chunk shares, the
   system prompt, runs once), and returns them packed (row-major over ``action_mask``).
-* ``clone_model``: the implicit PRM π_φ starts as a copy of the policy (paper.md E3).
+* ``clone_model``: the implicit PRM π_φ starts as a copy of the policy (paper.md E3);
+  ``disable_dropout`` makes a loaded model's forwards deterministic, as RL's ratios need.
 
 Shapes: R rows, L padded row length, T action tokens (= action_mask.sum()), H hidden, V vocab.
 
@@ -241,6 +242,23 @@ def save_model(model, tokenizer, path: str) -> None:
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def disable_dropout(model):
+    """Set every dropout rate of ``model`` to 0, in place; returns the model. RL compares forwards of the
+    same tokens: log π_θold recomputed against the sampling log-probs, the PRM's scoring pass against its
+    gradient pass (``istar.update_prm`` needs the same Q twice), π_θ against π_θold in the PPO ratio
+    (E8, which must be 1 before the first step). Dropout breaks all three, so it is off in the policy,
+    the PRM and the reference, as TRL's ``disable_dropout_in_model`` does. It covers torch's dropout
+    modules and the float rates Hugging Face attention modules keep as attributes (Llama's and Qwen2's
+    ``attention_dropout``); the config is left as saved. Our default model has none."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    return model
 
 
 def clone_model(model):

@@ -44,7 +44,7 @@ import distributed
 from config import Config, parse_config, saved_config, validate
 from envs import make_env
 from istar import NonFiniteError, istar_update
-from model import build_default_model, build_tokenizer, clone_model, load_model, save_model
+from model import build_default_model, build_tokenizer, clone_model, disable_dropout, load_model, save_model
 from rollout import Trajectory, pack, rollout
 from warmstart import EVAL_SEED_BASE, cached_warm_start, env_corpus, expert_prob, expert_rows, warm_start
 
@@ -87,6 +87,7 @@ def build_models(cfg: Config, make, device, run_dir: Path):
         tokenizer = build_tokenizer(env_corpus(make, seeds=range(EVAL_SEED_BASE + 10**6, EVAL_SEED_BASE + 10**6 + 200)), cfg.vocab_size)
         tokenizer.save_pretrained(run_dir / "tokenizer")
         policy = build_default_model(tokenizer, cfg.model_size, seed=cfg.start_seed).to(device)
+    disable_dropout(policy)  # a loaded LM may have dropout: old log-probs, PRM passes and PPO ratios need none
     prm = clone_model(policy)  # π_φ initialised from the policy (paper.md E3)
     policy_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2), weight_decay=0.0)  # constant lr (paper.md E8)
     prm_opt = torch.optim.AdamW(prm.parameters(), lr=cfg.prm_lr, weight_decay=0.0)

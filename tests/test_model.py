@@ -8,7 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from model import (MODEL_SIZES, TAG_TOKENS, build_default_model, build_tokenizer, clone_model, decode_actions,
-                   encode_action, format_observation, format_observations, format_prompt, format_prompts, format_turn,
+                   disable_dropout, encode_action, format_observation, format_observations, format_prompt, format_prompts, format_turn,
                    load_model, save_model, shared_prefix_len, token_logprobs)
 
 TEXTS = ["You are a helpful agent. Answer with <action>...</action>.", "Say 12.", "Say 7.",
@@ -118,6 +118,34 @@ def test_model_sizes_and_save_load_round_trip(tmp_path, tok, tiny):
         load_model(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="size"):
         build_default_model(tok, "huge")
+
+
+def _dropout_models(tok):
+    """A Llama with attention dropout (a float attribute) and a GPT-2 with dropout modules, both tiny."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, attention_dropout=0.5))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                      resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3))
+    return {"llama": llama, "gpt2": gpt2}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_disable_dropout_makes_train_mode_forwards_deterministic(tok, arch):
+    """Recomputed old log-probs, the PRM's two passes and the PPO ratio compare forwards of the same tokens."""
+    model = _dropout_models(tok)[arch]
+    x = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]] * 2)
+    with torch.no_grad():
+        model.eval()
+        ref = model(x).logits
+        model.train()
+        assert not torch.allclose(model(x).logits, ref)  # the setup really has dropout
+        assert disable_dropout(model) is model
+        torch.testing.assert_close(model(x).logits, ref)
+        torch.testing.assert_close(clone_model(model)(x).logits, ref)  # the PRM copy inherits it
+    assert model.training  # the mode is the caller's; only the rates change
 
 
 def test_clone_model_is_independent(tok, tiny):

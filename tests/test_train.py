@@ -280,6 +280,32 @@ def test_other_envs_run_end_to_end(tmp_path, env):
     assert 0 <= summary["before"]["eval/expert_prob"] <= 1 and 0 <= summary["after"]["eval/expert_prob"] <= 1
 
 
+def test_a_local_model_trains_end_to_end_without_dropout(tmp_path):
+    """--model PATH: any local HF causal LM, here a tiny Llama saved with attention dropout 0.5; the policy and
+    the PRM it is copied into run deterministic forwards in train mode (model.disable_dropout)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from model import build_tokenizer, save_model
+    from train import build_models, env_factory
+    from warmstart import env_corpus
+
+    cfg = tiny(tmp_path, run_name="local", iterations=1, eval_every=0, eval_tasks=2, model=str(tmp_path / "lm"))
+    make = env_factory(cfg)
+    tok = build_tokenizer(env_corpus(make, seeds=range(20)), 384)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, attention_dropout=0.5, pad_token_id=tok.pad_token_id))
+    save_model(lm, tok, cfg.model)
+    _, policy, prm, _, _ = build_models(cfg, make, torch.device("cpu"), tmp_path / "unused")
+    x = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        for model in (policy.train(), prm.train()):
+            torch.testing.assert_close(model(x).logits, model(x).logits)
+    summary = train(cfg)
+    assert summary["before"] and summary["after"]
+    assert math.isfinite(rows(tmp_path / "local")[1]["policy/pg_loss"])
+
+
 def test_a_run_saved_before_a_field_existed_loads_with_the_value_it_used(tmp_path):
     """config.json of a run from before ``warmstart_schedule`` existed means its constant lr (so resume,
     --show and bench.heldout --warmstart find and rebuild its warm start); a newer run keeps its own."""
