@@ -385,7 +385,7 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
             grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip))
             if not math.isfinite(grad_norm):
                 raise NonFiniteError("policy gradient norm is NaN/inf; update stopped")
-            totals["policy/grad_norm"] = totals.get("policy/grad_norm", 0.0) + grad_norm * 1.0
+            totals["policy/grad_norm"] = totals.get("policy/grad_norm", 0.0) + grad_norm
             opt.step()
     grad_norm = totals.pop("policy/grad_norm", 0.0)  # the same on every rank (gradients are synchronised)
     out = distributed.merge_means(totals, count)  # token- (step-) weighted means over every rank's micro-batches
