@@ -17,7 +17,8 @@ last checkpoint; a run folder made with other settings stops the sweep (use anot
 start and the running ones end after their iteration in flight, each with a final evaluation and a
 checkpoint (train.py's GracefulStop), so the table covers what ran and the same command continues. Runs are
 subprocesses (``--parallel`` at a time, on one GPU they share it; each gets
-``OMP_NUM_THREADS = cores / parallel``), logging to ``<out>/<variant>-s<seed>.log``. The
+``OMP_NUM_THREADS = cores / parallel``, or the caller's ``OMP_NUM_THREADS`` when it is set, e.g. to
+leave cores to other work), logging to ``<out>/<variant>-s<seed>.log``. The
 summary (``<out>/results.md``, ``<out>/curves.png``) has per variant, mean ± std over seeds:
   * final eval success (greedy and sampled), the last evaluation of each run;
   * training success at the budget B = the fewest environment steps any run of the sweep took
@@ -81,6 +82,12 @@ def job_args(run: Path, args: list[str]) -> list[str] | None:
     return args
 
 
+def child_threads(parallel: int, environ=os.environ) -> str:
+    """OMP_NUM_THREADS of each run: the caller's when set (other work shares the machine), else the
+    machine's cores split evenly over the runs in parallel (at least 1)."""
+    return environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // parallel))
+
+
 def launch(env: str, variants: list[str], seeds: list[int], out: Path, extra: list[str], parallel: int,
            deadline_s: float = 0.0) -> list[Path]:
     """Run every (variant, seed) with train.py, ``parallel`` at a time; the run folders, in grid order.
@@ -97,8 +104,7 @@ def launch(env: str, variants: list[str], seeds: list[int], out: Path, extra: li
             print(f"{name}: finished earlier, kept", flush=True)
         else:
             jobs.append((name, todo))
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    envvars = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    envvars = {**os.environ, "OMP_NUM_THREADS": child_threads(parallel), "PYTHONUNBUFFERED": "1"}
     pending, running, failed = list(jobs), [], []
     t0, stopping = time.time(), False
     while pending or running:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from config import parse_config
-from sweep import job_args, summarise, variant_args
+from sweep import child_threads, job_args, summarise, variant_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,15 @@ def _fake_run(root: Path, name: str, algo: str, istar: bool, success: list[float
     rows[-1].update({"eval/success_greedy": evals[0], "eval/success_sampled": evals[1], "eval/expert_prob": 0.25 + evals[0] / 2})
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return d
+
+
+def test_each_run_gets_a_share_of_the_cores_unless_the_caller_sets_omp_num_threads(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert child_threads(4, environ={}) == "4"
+    assert child_threads(9, environ={}) == "1"
+    assert child_threads(32, environ={}) == "1"
+    assert child_threads(4, environ={"OMP_NUM_THREADS": "1"}) == "1"
+    assert child_threads(1, environ={"OMP_NUM_THREADS": "3"}) == "3"
 
 
 def test_summary_numbers(tmp_path):
