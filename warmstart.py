@@ -53,11 +53,10 @@ import torch
 from tqdm import tqdm
 
 from config import LEGACY_DEFAULTS
-from envs import wrap_action
+from envs import EVAL_SEED_BASE, wrap_action
 from model import encode_action, format_observation, format_prompt, token_logprobs
 from rollout import window_rows
 
-EVAL_SEED_BASE = 2**31  # held-out tasks: seeds >= 2**31; training tasks are drawn below 2**31
 DEMO_SEED_BASE = EVAL_SEED_BASE + 2 * 10**6  # demonstrations: their own range
 PROBE_SEED_BASE = EVAL_SEED_BASE + 10**6  # expert probe (``expert_prob``): held-out states of expert play
 

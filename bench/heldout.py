@@ -20,11 +20,9 @@ import dataclasses
 import math
 from pathlib import Path
 
-import numpy as np
-
 from config import Config, saved_config
 from model import load_model
-from envs.base import wrap_action
+from envs import scripted_play
 from train import env_factory, evaluate, resolve_device
 from warmstart import EVAL_SEED_BASE, cache_dir, cached_warm_start
 
@@ -87,16 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 def random_success(make, tasks: int, seed: int = 0) -> float:
     """Success rate on the first ``tasks`` held-out tasks of a policy that plays ``env.random_action``
     every step (Sokoban: one of the four moves, uniformly): the floor any learned policy must beat."""
-    env, rng = make(), np.random.default_rng(seed)
-    wins = 0
-    for k in range(tasks):
-        env.reset(EVAL_SEED_BASE + k)
-        done, info = False, {}
-        while not done:
-            _, _, done, info = env.step(wrap_action(env.random_action(rng)))
-        wins += bool(info.get("won", False))
-    return wins / tasks
-
+    return scripted_play(make, "random", range(EVAL_SEED_BASE, EVAL_SEED_BASE + tasks), rng_seed=seed)["success"]
 
 if __name__ == "__main__":
     main()
