@@ -314,17 +314,11 @@ class SotopiaEnv(Env):
 if __name__ == "__main__":
     import time
 
-    env, rng = SotopiaEnv(), np.random.default_rng(0)
+    from envs import scripted_play
+
     for policy in ("expert", "random"):
-        scores = []
-        for seed in range(300):
-            env.reset(seed)
-            done = False
-            while not done:
-                action = env.expert_action() if policy == "expert" else env.random_action(rng)
-                _, _, done, info = env.step(f"<action>{action}</action>")
-            scores.append(info["score"])
-        print(f"{policy:6s} mean score {np.mean(scores):.2f}  win rate {np.mean(np.array(scores) > 6):.2f}  (300 seeds)")
+        r = scripted_play(SotopiaEnv, policy, range(300))
+        print(f"{policy:6s} mean score {r['score']:.2f}  win rate {r['success']:.2f}  (300 seeds)")
     # Stepping rate: 1,000 envs reset, then each stepped once with a typical utterance.
     envs = [SotopiaEnv() for _ in range(1000)]
     for i, e in enumerate(envs):
