@@ -2,7 +2,7 @@
 
 What this file gives the rest of istar:
 * ``build_tokenizer`` trains a small byte-level BPE on env text (no download), with the special
-  tokens of a tiny chat format; ``build_default_model`` builds a Llama of a few million parameters
+  tokens of a tiny chat format and the env's copyable names (WebShop's product IDs) as whole tokens; ``build_default_model`` builds a Llama of a few million parameters
   from a ``transformers`` config. ``load_model`` / ``save_model`` handle any local Hugging Face
   causal-LM directory, so a real checkpoint (e.g. Qwen2.5-7B-Instruct, the paper's base) drops in.
 * The chat format lives here and only here: ``format_prompt`` (system + first observation),
@@ -31,12 +31,16 @@ Deviations from the paper:
   1) The paper fine-tunes Qwen2.5-(VL)-7B-Instruct; our default is a from-scratch Llama of a few
      million parameters so the whole pipeline runs on CPU. Any local HF causal LM loads instead.
   2) Sokoban observations are text, not images (paper.md "Environments as used").
+  3) The default tokenizer holds each WebShop product ID as one token (``build_tokenizer``'s
+     ``words``); Qwen's tokenizer splits an ID into pieces, which a 7B model copies from its context
+     and our 4-layer model did not learn to (docs/results.md, WebShop).
 """
 from __future__ import annotations
 
 import copy
 import inspect
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -56,16 +60,30 @@ _PLACEHOLDER = "\u2063ISTAR_PLACEHOLDER\u2063"
 
 
 # -- tokenizer ----------------------------------------------------------------------------------
-def build_tokenizer(texts: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_tokenizer(texts: list[str], vocab_size: int = 1024, words: list[str] | tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts`` (system prompts, observations, expert actions).
 
     Byte-level means every string is encodable (no unknown token), so any model output can be
     decoded and re-encoded. The trainer stops early when the texts offer fewer merges.
+
+    ``words`` become single tokens on top of the ``vocab_size`` BPE tokens: strings an agent copies
+    verbatim from an observation into an action (an env's ``tokenizer_words``, e.g. WebShop's product
+    IDs). BPE splits a random ID into pieces that differ with what stands before it (" B0X" after a
+    space, "[B0X" in an action), so copying it takes a chain of induction steps a small model does not
+    learn in a short warm start; one token is copied by one attention head. They are cut out of
+    ``texts`` before training, so no BPE merge is spent on them.
     """
     if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
         raise TypeError("build_tokenizer(texts=...): expected a list of strings")
     if vocab_size < 256 + len(SPECIAL_TOKENS) + len(TAG_TOKENS):
         raise ValueError(f"build_tokenizer(vocab_size={vocab_size}): need at least 256 bytes + special tokens")
+    bad = [w for w in words if not isinstance(w, str) or not w or w != w.strip() or " " in w]
+    if not isinstance(words, (list, tuple)) or bad:
+        raise ValueError(f"build_tokenizer(words=...): expected a list of non-empty strings without spaces, got {bad[:3]!r}")
+    words = list(dict.fromkeys(words))  # unique, in order
+    if words:  # longest first, so a word that is a prefix of another never cuts it
+        cut = re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)))
+        texts = [cut.sub(" ", t) for t in texts]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -76,7 +94,7 @@ def build_tokenizer(texts: list[str], vocab_size: int = 1024) -> PreTrainedToken
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer)
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS + words])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, eos_token=EOS,
         extra_special_tokens={"end_token": END, **{f"{r}_token": t for r, t in ROLE_TOKENS.items()}},

@@ -44,9 +44,9 @@ import distributed
 from config import Config, parse_config, saved_config, validate
 from envs import make_env
 from istar import NonFiniteError, istar_update
-from model import build_default_model, build_tokenizer, clone_model, disable_dropout, load_model, save_model
+from model import build_default_model, clone_model, disable_dropout, load_model, save_model
 from rollout import Trajectory, pack, rollout
-from warmstart import EVAL_SEED_BASE, cached_warm_start, env_corpus, expert_prob, expert_rows, warm_start
+from warmstart import EVAL_SEED_BASE, cached_warm_start, env_tokenizer, expert_prob, expert_rows, warm_start
 
 
 
@@ -84,7 +84,7 @@ def build_models(cfg: Config, make, device, run_dir: Path):
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer", local_files_only=True)
         policy = build_default_model(tokenizer, cfg.model_size, seed=cfg.start_seed).to(device)
     else:
-        tokenizer = build_tokenizer(env_corpus(make, seeds=range(EVAL_SEED_BASE + 10**6, EVAL_SEED_BASE + 10**6 + 200)), cfg.vocab_size)
+        tokenizer = env_tokenizer(make, cfg.vocab_size)
         tokenizer.save_pretrained(run_dir / "tokenizer")
         policy = build_default_model(tokenizer, cfg.model_size, seed=cfg.start_seed).to(device)
     disable_dropout(policy)  # a loaded LM may have dropout: old log-probs, PRM passes and PPO ratios need none

@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from config import LEGACY_DEFAULTS
 from envs import EVAL_SEED_BASE, wrap_action
-from model import encode_action, format_observation, format_prompt, token_logprobs
+from model import build_tokenizer, encode_action, format_observation, format_prompt, token_logprobs
 from rollout import window_rows
 
 DEMO_SEED_BASE = EVAL_SEED_BASE + 2 * 10**6  # demonstrations: their own range
@@ -82,6 +82,14 @@ def env_corpus(make, seeds, random_frac: float = 0.3) -> list[str]:
         texts.append(first)
         texts.extend(t for turn in turns for t in turn)
     return texts
+
+
+def env_tokenizer(make, vocab_size: int, n_seeds: int = 200):
+    """The default model's tokenizer for an env: a BPE of ``vocab_size`` tokens trained on ``env_corpus``
+    of ``n_seeds`` task seeds that neither training nor evaluation draws, plus the env's
+    ``tokenizer_words`` as whole tokens (model.build_tokenizer)."""
+    seeds = range(EVAL_SEED_BASE + 10**6, EVAL_SEED_BASE + 10**6 + n_seeds)
+    return build_tokenizer(env_corpus(make, seeds), vocab_size, words=make().tokenizer_words())
 
 
 def demo_rows(tokenizer, system: str, first: str, turns, max_context: int, max_action_tokens: int,

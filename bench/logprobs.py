@@ -20,15 +20,15 @@ import torch
 
 from config import PRESETS
 from envs import REGISTRY, make_env
-from model import build_default_model, build_tokenizer, shared_prefix_len, token_logprobs
-from warmstart import DEMO_SEED_BASE, EVAL_SEED_BASE, demo_rows, env_corpus, play_noisy_expert
+from model import build_default_model, shared_prefix_len, token_logprobs
+from warmstart import DEMO_SEED_BASE, demo_rows, env_tokenizer, play_noisy_expert
 
 
 def batch_of_rows(env_name: str, episodes: int, history_steps: int, vocab_size: int):
     """Right-padded rows of ``episodes`` demonstrations, windowed as the env's preset windows them."""
     make = lambda: make_env(env_name)  # noqa: E731
     preset = PRESETS.get(env_name, {})
-    tok = build_tokenizer(env_corpus(make, seeds=range(EVAL_SEED_BASE + 10**6, EVAL_SEED_BASE + 10**6 + 50)), vocab_size)
+    tok = env_tokenizer(make, vocab_size, n_seeds=50)
     env, rng, rows = make(), np.random.default_rng(0), []
     for k in range(episodes):
         first, turns, _ = play_noisy_expert(env, DEMO_SEED_BASE + k, 0.3, rng)

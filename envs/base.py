@@ -111,3 +111,9 @@ class Env:
 
     def random_action(self, rng: np.random.Generator) -> str:
         raise NotImplementedError
+
+    def tokenizer_words(self) -> list[str]:
+        """Names an agent copies verbatim from an observation into an action (e.g. product IDs), which
+        the locally built tokenizer keeps as single tokens (model.build_tokenizer's ``words``). A
+        pretrained LM's tokenizer (``--model``) is never changed. None by default."""
+        return []

@@ -212,6 +212,10 @@ class WebShopEnv(Env):
         self.catalog = get_catalog(catalog_seed, products_per_category)  # cached: shared by all envs
         self.goal: Goal | None = None
 
+    def tokenizer_words(self) -> list[str]:
+        """Every product ID of the catalogue: a click copies one from the results page."""
+        return [p.asin for p in self.catalog.products]
+
     # -- state ----------------------------------------------------------------------------------
     def _reset(self, seed: int) -> str:
         self.goal = make_goal(self.catalog, np.random.default_rng(seed))

@@ -12,6 +12,8 @@ from envs import make_env
 from envs.base import wrap_action
 from envs.webshop import PAGE_SIZE, WebShopEnv, fuzzy_match, get_reward, token_set_ratio, type_reward
 from envs.webshop_catalog import _CATEGORIES, BM25_B, BM25_K1, get_catalog, tokenize
+from model import decode_actions, encode_action
+from warmstart import env_tokenizer
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -149,6 +151,33 @@ def test_expert_wins_every_task(seed):
         obs, reward, done, info = act(env, env.expert_action())
         assert info["valid_action"]
     assert info["won"] and reward == 1.0 and env.steps == 3 + len(env.goal.goal_options)  # search, click, options, buy
+
+
+@pytest.fixture(scope="module")
+def env_tok():
+    return env_tokenizer(lambda: make_env("webshop"), 1024, n_seeds=20)
+
+
+def test_tokenizer_words_are_the_catalogue_ids(env_tok):
+    env = make_env("webshop")
+    words = env.tokenizer_words()
+    assert len(set(words)) == len(words) == len(env.catalog) and all(re.fullmatch(r"B0[A-Z0-9]{8}", w) for w in words)
+    assert len(env_tok) == 1024 + len(words)  # the env's default tokenizer holds each ID as one token
+
+
+@settings(deadline=None, max_examples=20)
+@given(seed=seeds)
+def test_a_click_copies_one_token_from_the_results_page(env_tok, seed):
+    # the expert's click on a product is the page's token for that ID: copying it is one token
+    env = make_env("webshop")
+    env.reset(seed)
+    obs, *_ = act(env, env.expert_action())  # the search: obs is the results page
+    click = env.expert_action()
+    asin = re.fullmatch(r"click\[(.+)\]", click).group(1)
+    a_ids, o_ids = encode_action(env_tok, wrap_action(click)), env_tok.encode(obs, add_special_tokens=False)
+    id_tok = env_tok.convert_tokens_to_ids(asin)
+    assert a_ids.count(id_tok) == 1 and o_ids.count(id_tok) == 1
+    assert decode_actions(env_tok, [a_ids]) == [wrap_action(click)]
 
 
 @settings(deadline=None, max_examples=30)

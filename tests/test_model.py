@@ -42,6 +42,41 @@ def test_tags_are_single_tokens_and_survive_decoding(tok):
     assert tok.decode(ids, skip_special_tokens=True) == "<action>12</action>"
 
 
+WORDS = ["B0XPLLQ9TY", "B0RYLF9DYK", "B0X", "Q7"]  # "B0X" is a prefix of a word; "Q7" sits inside one
+
+
+WORD_TEXTS = TEXTS + [f"[SEP] {w}: a product [SEP] click[{w}]" for w in WORDS]
+
+
+@pytest.fixture(scope="module")
+def word_tok():
+    return build_tokenizer(WORD_TEXTS, vocab_size=320, words=WORDS)
+
+
+@settings(deadline=None, max_examples=60)
+@given(word=st.sampled_from(WORDS), before=st.text(max_size=6), after=st.sampled_from(["", "]", ": ", " x", "</action>", "\n"]))
+def test_words_are_single_tokens_in_any_context(word_tok, word, before, after):
+    # an env's copyable names (WebShop's product IDs) encode as one token wherever they stand, the same
+    # token in an observation (" B0..:") as in an action ("[B0..]"), and every text still round-trips
+    text = before + word + after
+    ids = word_tok.encode(text, add_special_tokens=False)
+    if not any(w in text.replace(word, " ", 1) for w in WORDS if w != word):  # no other word overlaps it
+        assert word_tok.convert_tokens_to_ids(word) in ids, word_tok.convert_ids_to_tokens(ids)
+    assert word_tok.decode(ids) == text
+
+
+def test_words_add_to_the_bpe_vocabulary_and_reject_bad_input(tok, word_tok):
+    plain = build_tokenizer(WORD_TEXTS, vocab_size=320)
+    assert len(word_tok) == len(plain) + len(WORDS)  # the BPE part keeps its size; each word is one more token
+    pieces = word_tok.convert_ids_to_tokens(encode_action(word_tok, "<action>click[B0RYLF9DYK]</action>"))
+    assert pieces.count("B0RYLF9DYK") == 1 and pieces[-3:] == ["B0RYLF9DYK", "]", "</action>"]
+    assert "B0RYLF9DYK" not in plain.convert_ids_to_tokens(encode_action(plain, "click[B0RYLF9DYK]"))
+    assert len(build_tokenizer(TEXTS, vocab_size=320, words=["Q7", "Q7"])) == len(tok) + 1  # duplicates count once
+    for bad in (["two words"], [""], [" B0"], [3]):
+        with pytest.raises(ValueError, match="words"):
+            build_tokenizer(TEXTS, vocab_size=320, words=bad)
+
+
 def test_tiny_chat_format(tok):
     prompt = format_prompt(tok, "SYS", "Say 7.")
     assert tok.decode(prompt) == "<|system|>SYS<|end|><|user|>Say 7.<|end|><|assistant|>"
