@@ -30,7 +30,7 @@ class Config:
     # --- model ----------------------------------------------------------------------------
     model: str = knob("", "path of a local Hugging Face causal LM; empty = build the small default model locally", "model")
     model_size: str = knob("small", "size of the locally built default model", "model", ["tiny", "small"])
-    vocab_size: int = knob(1024, "BPE vocabulary of the locally built tokenizer", "model")
+    vocab_size: int = knob(1024, "BPE vocabulary of the locally built tokenizer (an env's copyable names, e.g. WebShop's product IDs, are added on top)", "model")
     device: str = knob("auto", "auto | cpu | cuda | cuda:K", "model")
     bf16: bool = knob(True, "bf16 autocast for forward passes on CUDA (fp32 master weights); ignored on CPU", "model")
     warmstart: str = knob("auto", "SFT on noisy expert demos before RL: auto (only for the locally built model) | on | off", "model", ["auto", "on", "off"])

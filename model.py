@@ -2,9 +2,10 @@
 
 What this file gives the rest of istar:
 * ``build_tokenizer`` trains a small byte-level BPE on env text (no download), with the special
-  tokens of a tiny chat format and the env's copyable names (WebShop's product IDs) as whole tokens; ``build_default_model`` builds a Llama of a few million parameters
-  from a ``transformers`` config. ``load_model`` / ``save_model`` handle any local Hugging Face
-  causal-LM directory, so a real checkpoint (e.g. Qwen2.5-7B-Instruct, the paper's base) drops in.
+  tokens of a tiny chat format and an env's copyable names (WebShop's product IDs) as whole tokens;
+  ``build_default_model`` builds a Llama of a few million parameters from a ``transformers`` config.
+  ``load_model`` / ``save_model`` handle any local Hugging Face causal-LM directory, so a real
+  checkpoint (e.g. Qwen2.5-7B-Instruct, the paper's base) drops in.
 * The chat format lives here and only here: ``format_prompt`` (system + first observation),
   ``format_observation`` (close the assistant turn, next observation, open the assistant turn) and
   ``encode_action``. A tokenizer with a chat template is used through that template; ours uses
@@ -77,8 +78,9 @@ def build_tokenizer(texts: list[str], vocab_size: int = 1024, words: list[str] |
         raise TypeError("build_tokenizer(texts=...): expected a list of strings")
     if vocab_size < 256 + len(SPECIAL_TOKENS) + len(TAG_TOKENS):
         raise ValueError(f"build_tokenizer(vocab_size={vocab_size}): need at least 256 bytes + special tokens")
-    bad = [w for w in words if not isinstance(w, str) or not w or w != w.strip() or " " in w]
-    if not isinstance(words, (list, tuple)) or bad:
+    bad = [w for w in words if not isinstance(w, str) or not w or w != w.strip() or " " in w] \
+        if isinstance(words, (list, tuple)) else [words]
+    if bad:
         raise ValueError(f"build_tokenizer(words=...): expected a list of non-empty strings without spaces, got {bad[:3]!r}")
     words = list(dict.fromkeys(words))  # unique, in order
     if words:  # longest first, so a word that is a prefix of another never cuts it
