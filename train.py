@@ -65,6 +65,8 @@ def env_factory(cfg: Config):
     kwargs = {"max_steps": cfg.max_steps} if cfg.max_steps else {}
     if cfg.carvings:  # Locks only (config.validate)
         kwargs["carvings"] = cfg.carvings
+    if cfg.shuffle_ids:  # WebShop only (config.validate)
+        kwargs["shuffle_ids"] = True
     make_env(cfg.env, **kwargs)  # fail early on a bad env name or argument
     return partial(make_env, cfg.env, **kwargs)
 

@@ -47,6 +47,10 @@ Deviations from WebShop:
   4. An invalid action returns the unchanged page (WebShop does the same) plus the base penalty.
   5. Every page repeats the instruction (as WebShop's text observations do) and ends with the
      actions it accepts, so a small-context policy sees what it may click.
+  6. Optional (``shuffle_ids=True``, ``--shuffle-ids``): each task shows the products under a
+     permutation of the catalogue's IDs, drawn from the task seed. Goals, pages and rewards are
+     unchanged; an ID then says nothing about its product outside one episode, so a policy can only
+     click by copying an ID from the page, not by recalling one it memorised from demonstrations.
 
 Run `python -m envs.webshop 7` to print the expert's episode for task seed 7.
 """
@@ -204,11 +208,14 @@ class WebShopEnv(Env):
         "one action inside <action></action>."
     )
 
-    def __init__(self, max_steps: int = 10, catalog_seed: int = 0, products_per_category: int = 200) -> None:
+    def __init__(self, max_steps: int = 10, catalog_seed: int = 0, products_per_category: int = 200,
+                 shuffle_ids: bool = False) -> None:
         super().__init__()
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"WebShopEnv(max_steps=...): expected an int >= 1, got {max_steps!r}")
-        self.max_steps = max_steps
+        if not isinstance(shuffle_ids, bool):
+            raise ValueError(f"WebShopEnv(shuffle_ids=...): expected a bool, got {shuffle_ids!r}")
+        self.max_steps, self.shuffle_ids = max_steps, shuffle_ids
         self.catalog = get_catalog(catalog_seed, products_per_category)  # cached: shared by all envs
         self.goal: Goal | None = None
 
@@ -216,10 +223,20 @@ class WebShopEnv(Env):
         """Every product ID of the catalogue: a click copies one from the results page."""
         return [p.asin for p in self.catalog.products]
 
+    def shown_id(self, i: int) -> str:
+        """The ID product ``i`` is shown (and clicked) under in this episode: its own, or with
+        ``shuffle_ids`` the catalogue ID of product ``perm[i]``."""
+        return self.catalog.products[int(self.perm[i])].asin
+
     # -- state ----------------------------------------------------------------------------------
     def _reset(self, seed: int) -> str:
         self.goal = make_goal(self.catalog, np.random.default_rng(seed))
         self.target = self.catalog.by_asin[self.goal.asin.lower()]  # the goal's own product index
+        n = len(self.catalog)
+        # shown ID of product i = catalogue ID of product perm[i]; identity unless shuffle_ids (a separate
+        # random stream, so a task's goal and pages are the same with or without it)
+        self.perm = np.random.default_rng([seed, 1]).permutation(n) if self.shuffle_ids else np.arange(n)  # (n,)
+        self.unperm = np.argsort(self.perm)  # (n,) product shown under catalogue ID j = unperm[j]
         self.page = "search"               # search | results | item | description | features | done
         self.query = ""
         self.results = np.zeros(0, np.int64)  # (<= 50,) product indices of the last search
@@ -247,7 +264,7 @@ class WebShopEnv(Env):
             n_pages = math.ceil(len(self.results) / PAGE_SIZE)
             return (["back to search"] + (["< prev"] if self.page_no > 0 else [])
                     + (["next >"] if self.page_no + 1 < n_pages else [])
-                    + [self.catalog.products[i].asin.lower() for i in self._page_items()])
+                    + [self.shown_id(i).lower() for i in self._page_items()])
         if self.page == "item":
             opts = [v for vals in self.catalog.products[self.item].options.values() for v in vals]
             return ["back to search", "< prev", "description", "features", "buy now"] + opts
@@ -268,13 +285,13 @@ class WebShopEnv(Env):
         elif self.page == "results":
             n, n_pages = len(self.results), max(1, math.ceil(len(self.results) / PAGE_SIZE))
             lines.append(f"Results for '{self.query}': page {self.page_no + 1} of {n_pages} ({n} results)")
-            lines += [f"{p.asin}: {p.title}, ${p.price:.2f}"
-                      for p in (self.catalog.products[i] for i in self._page_items())]
+            lines += [f"{self.shown_id(i)}: {p.title}, ${p.price:.2f}"
+                      for i, p in ((i, self.catalog.products[i]) for i in self._page_items())]
             extra = [c for c in self.clickables() if c in ("next >", "< prev", "back to search")]
             lines.append("Actions: " + ", ".join((["click[<item id>]"] if n else []) + [f"click[{c}]" for c in extra]))
         elif self.page == "item":
             p = self.catalog.products[self.item]
-            lines += [f"{p.asin}: {p.title}", f"Price: ${p.price:.2f}", "Attributes: " + ", ".join(p.attributes)]
+            lines += [f"{self.shown_id(self.item)}: {p.title}", f"Price: ${p.price:.2f}", "Attributes: " + ", ".join(p.attributes)]
             lines += [f"{g}: " + " | ".join(vals) for g, vals in p.options.items()]
             chosen = ", ".join(f"{g} {v}" for g, v in self.selected.items()) or "none"
             lines.append(f"Selected: {chosen}")
@@ -316,7 +333,7 @@ class WebShopEnv(Env):
         elif arg in ("description", "features"):
             self.page = arg
         elif self.page == "results":  # an item id
-            self.page, self.item, self.selected = "item", self.catalog.by_asin[arg], {}
+            self.page, self.item, self.selected = "item", int(self.unperm[self.catalog.by_asin[arg]]), {}
         else:  # an option value: option values are distinct across one product's groups
             group = next(g for g, vals in self.catalog.products[self.item].options.items() if arg in vals)
             self.selected[group] = arg
@@ -326,8 +343,8 @@ class WebShopEnv(Env):
         score, parts = get_reward(p, self.goal, self.selected)
         self.page = "done"
         chosen = ", ".join(f"{g} {v}" for g, v in self.selected.items()) or "no options"
-        obs = f"Thank you for shopping with us! [SEP] You bought {p.asin} ({chosen}) [SEP] Score: {score:.3f}"
-        info = dict(valid_action=True, won=score == 1.0, score=score, asin=p.asin, **parts)
+        obs = f"Thank you for shopping with us! [SEP] You bought {self.shown_id(self.item)} ({chosen}) [SEP] Score: {score:.3f}"
+        info = dict(valid_action=True, won=score == 1.0, score=score, asin=p.asin, **parts)  # the catalogue's ID
         return obs, score, True, info
 
     # -- demonstrations ---------------------------------------------------------------------------
@@ -373,7 +390,7 @@ class WebShopEnv(Env):
         if self.page == "results":
             win, off = self._page_winner(), self._winner_page_offset()
             if win is not None:
-                return f"click[{self.catalog.products[win].asin}]"
+                return f"click[{self.shown_id(win)}]"
             if off is not None and abs(off) <= 2:
                 return "click[next >]" if off > 0 else "click[< prev]"
             return "click[back to search]"
