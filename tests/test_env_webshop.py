@@ -212,6 +212,43 @@ def test_same_seed_same_instruction_and_pages(seed, rng_seed):
     assert "price lower than" in runs[0][0] and runs[0][0].startswith("Instruction: i need")
 
 
+@settings(deadline=None, max_examples=25)
+@given(seed=seeds, rng_seed=st.integers(0, 1000))
+def test_shuffled_ids_change_only_the_ids(seed, rng_seed):
+    """--shuffle-ids: the same task (instruction, results, prices, rewards) under other IDs, drawn
+    from the task seed; the same random actions (IDs mapped) lead through the same pages, and the
+    expert still wins."""
+    plain, shuf = WebShopEnv(max_steps=20), WebShopEnv(max_steps=20, shuffle_ids=True)
+    unmask = lambda env, obs: re.sub(r"B0[0-9A-Z]{8}", "ID", obs)  # noqa: E731
+    assert unmask(plain, plain.reset(seed)) == unmask(shuf, shuf.reset(seed))
+    assert shuf.reset(seed) == shuf.reset(seed) and sorted(shuf.perm) == list(range(len(shuf.catalog)))
+    rng = np.random.default_rng(rng_seed)
+    for _ in range(6):
+        a = plain.random_action(rng)
+        m = re.fullmatch(r"click\[(b0\w{8})\]", a, re.IGNORECASE)
+        b = f"click[{shuf.shown_id(plain.catalog.by_asin[m.group(1).lower()])}]" if m else a
+        o1, r1, d1, i1 = act(plain, a)
+        o2, r2, d2, i2 = act(shuf, b)
+        assert (unmask(plain, o1), r1, d1, i1) == (unmask(shuf, o2), r2, d2, i2) and plain.state() == shuf.state()
+        if d1:
+            break
+    if not shuf.done:  # the expert finishes from wherever the random actions led
+        while not shuf.done:
+            obs, reward, done, info = act(shuf, shuf.expert_action())
+        assert info["won"]
+
+
+def test_shuffle_ids_differ_between_tasks_and_reject_bad_input():
+    env = WebShopEnv(shuffle_ids=True)
+    perms = []
+    for s in range(4):
+        env.reset(s)
+        perms.append(env.perm.copy())
+    assert all((perms[0] != p).mean() > 0.9 for p in perms[1:])
+    with pytest.raises(ValueError, match="shuffle_ids"):
+        WebShopEnv(shuffle_ids="yes")
+
+
 def test_seeds_give_varied_tasks():
     env = WebShopEnv()
     goals = [(env.reset(s), env.goal.asin) for s in range(100)]

@@ -81,6 +81,7 @@ def test_four_iterations_equal_two_plus_resumed_two(tmp_path):
     (["--device", "tpu"], "--device"),
     (["--init-seed", "-2"], "--init-seed"),
     (["--adam-beta2", "1"], "--adam-beta2"),
+    (["--shuffle-ids"], "--shuffle-ids"),  # sokoban has no product IDs
 ])
 def test_bad_config_fails_before_any_work_naming_the_field(argv, field):
     with pytest.raises(ValueError, match=field):
