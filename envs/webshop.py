@@ -285,8 +285,9 @@ class WebShopEnv(Env):
         elif self.page == "results":
             n, n_pages = len(self.results), max(1, math.ceil(len(self.results) / PAGE_SIZE))
             lines.append(f"Results for '{self.query}': page {self.page_no + 1} of {n_pages} ({n} results)")
-            lines += [f"{self.shown_id(i)}: {p.title}, ${p.price:.2f}"
-                      for i, p in ((i, self.catalog.products[i]) for i in self._page_items())]
+            for i in self._page_items():
+                p = self.catalog.products[i]
+                lines.append(f"{self.shown_id(i)}: {p.title}, ${p.price:.2f}")
             extra = [c for c in self.clickables() if c in ("next >", "< prev", "back to search")]
             lines.append("Actions: " + ", ".join((["click[<item id>]"] if n else []) + [f"click[{c}]" for c in extra]))
         elif self.page == "item":
