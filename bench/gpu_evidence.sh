@@ -17,7 +17,9 @@
 #                           warm-start step over WS_EPOCHS (3) passes of WS_EPISODES (12,000, twice the
 #                           Sokoban preset's) demos, ~2,250 steps (on the CPU, 6,000 x 3 reached 0.50 and was
 #                           still rising: does more data take it further?), then held-out success of the
-#                           result and of uniformly random moves
+#                           result and of uniformly random moves. WS_ENV (sokoban) and WS_ARGS (train.py flags)
+#                           point it elsewhere, e.g. the WebShop copy test of docs/results.md:
+#                           WS_ENV=webshop WS_EPISODES=6000 WS_ARGS="--shuffle-ids --warmstart-random-frac 0"
 #   sweep    results.md, curves.png, metrics.tar.gz
 #                           sweep.py on Sokoban, VARIANTS x SEEDS in parallel, stopped gracefully
 #                           (sweep.py --deadline-min) STOP_MARGIN_S before the budget ends: learning
@@ -37,6 +39,8 @@ STOP_MARGIN_S=${STOP_MARGIN_S:-100}  # a run's iteration in flight + final evalu
 STAGES=${STAGES:-env kernels rollout lrprobe warmstart sweep tests}
 WS_EPOCHS=${WS_EPOCHS:-3}
 WS_EPISODES=${WS_EPISODES:-12000}
+WS_ENV=${WS_ENV:-sokoban}
+WS_ARGS=${WS_ARGS:-}
 PROBE_LRS=${PROBE_LRS:-1e-4,3e-4,1e-3,3e-3}
 GPU_TESTS=${GPU_TESTS:-tests/test_engine.py tests/test_kernels.py}
 VARIANTS=${VARIANTS:-rloo+istar,grpo,rloo}
@@ -90,8 +94,9 @@ stage env 30 env.txt bash -c versions
 stage kernels 120 kernels.md "$PY" bench/kernels.py
 stage rollout 150 rollout.md "$PY" -m bench.rollout --batches 1,64,512 --serial-cap 4 --profile 30
 stage lrprobe 120 lr_probe.md "$PY" -m bench.lr_probe --lrs "$PROBE_LRS" -- --env sokoban --out-dir "$SWEEP_DIR"
-stage warmstart 240 warmstart.md "$PY" -m bench.warmstart_probe --every 250 --tasks 256 -- --env sokoban \
-    --warmstart-episodes "$WS_EPISODES" --warmstart-epochs "$WS_EPOCHS"
+# shellcheck disable=SC2086  # WS_ARGS: several flags
+stage warmstart 240 warmstart.md "$PY" -m bench.warmstart_probe --every 250 --tasks 256 -- --env "$WS_ENV" \
+    --warmstart-episodes "$WS_EPISODES" --warmstart-epochs "$WS_EPOCHS" $WS_ARGS
 
 sweep_pid=
 if wanted sweep; then
