@@ -87,5 +87,6 @@ def random_success(make, tasks: int, seed: int = 0) -> float:
     every step (Sokoban: one of the four moves, uniformly): the floor any learned policy must beat."""
     return scripted_play(make, "random", range(EVAL_SEED_BASE, EVAL_SEED_BASE + tasks), rng_seed=seed)["success"]
 
+
 if __name__ == "__main__":
     main()
