@@ -234,13 +234,18 @@ def _vocab_hash(tokenizer) -> str:
     return hashlib.sha1(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
 
 
+def warmstart_settings(cfg) -> dict:
+    """The settings that shape the warm start (``WARMSTART_KEYS``), ``seed`` being the starting policy's
+    seed (``cfg.start_seed``: ``--init-seed``, or ``--seed`` without it)."""
+    return {k: cfg.start_seed if k == "seed" else getattr(cfg, k) for k in WARMSTART_KEYS}
+
+
 def cache_dir(cfg, tokenizer) -> Path:
     """``<out_dir>/.warmstart/<hash of every setting that shapes the warm start and of the vocabulary>``
     (the vocabulary changes with the env's text, e.g. an edited system prompt). A setting added later
     (config.LEGACY_DEFAULTS) enters the hash only when it differs from the value of the runs before it,
     so their caches stay valid."""
-    settings = {k: cfg.start_seed if k == "seed" else getattr(cfg, k) for k in WARMSTART_KEYS
-                if k not in LEGACY_DEFAULTS or getattr(cfg, k) != LEGACY_DEFAULTS[k]}
+    settings = {k: v for k, v in warmstart_settings(cfg).items() if k not in LEGACY_DEFAULTS or v != LEGACY_DEFAULTS[k]}
     spec = json.dumps({**settings, "vocab": _vocab_hash(tokenizer)}, sort_keys=True)
     return Path(cfg.out_dir) / ".warmstart" / hashlib.sha1(spec.encode()).hexdigest()[:16]
 
@@ -285,7 +290,7 @@ def cached_warm_start(policy, tokenizer, make, cfg, device, progress: bool = Fal
         os.replace(tmp, weights)
         tmp = info_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"stats": stats, "vocab": _vocab_hash(tokenizer),
-                                   "settings": {k: getattr(cfg, k) for k in WARMSTART_KEYS}}))
+                                   "settings": warmstart_settings(cfg)}))
         os.replace(tmp, info_file)
     finally:
         lock.unlink(missing_ok=True)

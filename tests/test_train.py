@@ -140,6 +140,9 @@ def test_warm_start_is_cached_and_shared(tmp_path, capsys):
     assert len(list((tmp_path / ".warmstart").iterdir())) == 2
     e = train(tiny(tmp_path / "nocache", run_name="e", iterations=1, eval_every=0, seed=2, init_seed=0, warmstart_cache=False))
     assert e["before"] == a["before"]  # trained again from --init-seed's init: the same policy, without the cache
+    train(tiny(tmp_path, run_name="f", iterations=1, eval_every=0, seed=3, init_seed=5))  # a third starting policy
+    recorded = sorted(json.loads((c / "info.json").read_text())["settings"]["seed"] for c in (tmp_path / ".warmstart").iterdir())
+    assert recorded == [0, 1, 5]  # each cache records the seed of its starting policy (--init-seed), not the run's
 
 
 def test_warm_start_lock(tmp_path):
