@@ -272,6 +272,33 @@ def test_board_ceiling_the_expert_move_is_shortest_and_learnable_from_the_board(
     assert "shortest moves per held-out state" in capsys.readouterr().out
 
 
+def test_board_ceiling_transformer_rows_and_schedule(capsys):
+    """``--transformer`` rows hold the asked-for context and the expert's action (only its tokens
+    trained); the Llama takes the warm start's steps (3 passes of ceil(episodes / 16)) and its loss falls."""
+    from bench.board_ceiling import context_rows, expert_states, main as ceiling
+    from envs.base import wrap_action
+    from envs.sokoban import DIRECTIONS, SokobanEnv
+    from model import ROLE_TOKENS
+    from warmstart import env_tokenizer
+    tok = env_tokenizer(SokobanEnv, 1024)
+    obs = []
+    _, moves, _ = expert_states(range(2), texts=obs)
+    system = SokobanEnv().system_prompt
+    for sys_text in ("", system):
+        rows = context_rows(tok, sys_text, obs, moves)
+        assert len(rows) == len(obs) == len(moves)
+        for (ids, mask), o, m in zip(rows, obs, moves):
+            assert tok.decode([i for i, k in zip(ids, mask) if k]) == wrap_action(DIRECTIONS[m])
+            context = tok.decode([i for i, k in zip(ids, mask) if not k])
+            assert o in context and (system in context) == bool(sys_text)
+            assert (ids[0] == tok.convert_tokens_to_ids(ROLE_TOKENS["system"])) == bool(sys_text)
+    out = ceiling(["--episodes", "32", "--probe-episodes", "4", "--epochs", "1", "--hidden", "8", "--transformer"])
+    llama = out["transformer"]
+    assert [r["step"] for r in llama] == [1, 2, 3, 4, 5, 6]  # 3 passes x ceil(32 / 16) steps
+    assert all(0 <= r["heldout_expert_prob"] <= 1 for r in llama) and llama[-1]["loss"] < llama[0]["loss"]
+    assert "context 'board'" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("env", ["webshop", "sotopia"])
 def test_other_envs_run_end_to_end(tmp_path, env):
     """``--env webshop`` and ``--env sotopia`` run the same loop: one iteration with both evaluations."""
