@@ -179,6 +179,21 @@ def warmstart_lr(step: int, total: int, peak: float, schedule: str) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def sft_step(policy, opt, input_ids, attention_mask, action_mask, lr: float) -> float:
+    """One behaviour-cloning step: the mean NLL of the action tokens (cross-entropy on the demonstrated
+    actions only), gradients clipped to norm 1, ``opt`` at ``lr``; returns the loss."""
+    loss = -token_logprobs(policy, input_ids, attention_mask, action_mask).mean()  # over the (T,) action tokens
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"warm start: loss is {loss.item()}; lower --warmstart-lr")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    return loss.item()
+
+
 def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False, on_step=None) -> dict:
     """SFT on `warmstart_episodes` noisy-expert episodes; returns the demos' success rate and the loss.
     `progress` shows a tqdm bar over the optimiser steps; ``on_step(step, loss)``, if given, is called
@@ -204,17 +219,8 @@ def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False, on_
             input_ids, attention_mask, action_mask = pad_rows(chunk, tokenizer.pad_token_id, device)  # (R, L) each
             if not action_mask.any():  # no action fits in max_context
                 continue
-            logp = token_logprobs(policy, input_ids, attention_mask, action_mask)  # (T,)
-            loss = -logp.mean()  # cross-entropy on the demonstrated action tokens only
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"warm start: loss is {loss.item()}; lower --warmstart-lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            for group in opt.param_groups:
-                group["lr"] = warmstart_lr(len(losses), total, cfg.warmstart_lr, cfg.warmstart_schedule)
-            opt.step()
-            losses.append(loss.item())
+            lr = warmstart_lr(len(losses), total, cfg.warmstart_lr, cfg.warmstart_schedule)
+            losses.append(sft_step(policy, opt, input_ids, attention_mask, action_mask, lr))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             if on_step is not None:

@@ -41,8 +41,8 @@ import torch
 from config import parse_config
 from envs.base import wrap_action
 from envs.sokoban import DIRECTIONS, SokobanEnv
-from model import build_default_model, encode_action, format_prompts, token_logprobs
-from warmstart import DEMO_SEED_BASE, PROBE_SEED_BASE, env_tokenizer, expert_prob, pad_rows, warmstart_lr
+from model import build_default_model, encode_action, format_prompts
+from warmstart import DEMO_SEED_BASE, PROBE_SEED_BASE, env_tokenizer, expert_prob, pad_rows, sft_step, warmstart_lr
 
 N_TILES = 7  # WALL, FLOOR, TARGET, BOX, BOX_ON_TARGET, PLAYER, PLAYER_ON_TARGET (SokobanEnv.tile_codes)
 
@@ -97,14 +97,8 @@ def transformer_prob(train_obs, train_y, test_obs, test_y, episodes: int, contex
     for _ in range(cfg.warmstart_epochs):
         for idx in torch.randperm(len(train), generator=gen).tensor_split(per_epoch):
             ids, am, act = pad_rows([train[i] for i in idx.tolist()], tokenizer.pad_token_id)  # (R, L) each
-            loss = -token_logprobs(policy.train(), ids, am, act).mean()  # as warm_start: the action tokens' NLL
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            for group in opt.param_groups:
-                group["lr"] = warmstart_lr(len(losses), total, cfg.warmstart_lr, cfg.warmstart_schedule)
-            opt.step()
-            losses.append(loss.item())
+            lr = warmstart_lr(len(losses), total, cfg.warmstart_lr, cfg.warmstart_schedule)
+            losses.append(sft_step(policy.train(), opt, ids, am, act, lr))  # warm_start's step
             if len(losses) % max(1, total // 6) == 0 or len(losses) == total:
                 prob = expert_prob(policy.eval(), test, tokenizer.pad_token_id, "cpu")
                 out.append({"step": len(losses), "heldout_expert_prob": prob, "loss": float(np.mean(losses[-50:]))})
