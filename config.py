@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,10 +200,16 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namesp
 
 def validate(cfg: Config) -> None:
     """Fail before any work starts, naming the field and what was expected."""
+    for f in dataclasses.fields(cfg):  # NaN passes every comparison below, and inf is no setting
+        if isinstance(getattr(cfg, f.name), float) and not math.isfinite(getattr(cfg, f.name)):
+            raise ValueError(f"--{f.name.replace('_', '-')}: expected a finite number, got {getattr(cfg, f.name)}")
     positive = ["tasks_per_iter", "group_size", "max_action_tokens", "max_context", "iterations", "ppo_epochs", "minibatches", "micro_batch", "micro_batch_tokens", "vocab_size"]
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(cfg, name)}")
+    if cfg.group_size < 2:
+        raise ValueError(f"--group-size: expected >= 2 rollouts per task (a lone rollout gets episode advantage 0, "
+                         f"paper.md E5, and forms no preference pair, E3: nothing would train), got {cfg.group_size}")
     for name in ["beta", "lr", "prm_lr", "clip_eps", "grad_clip", "prm_grad_clip"]:
         if not getattr(cfg, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(cfg, name)}")
@@ -227,8 +234,9 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--warmstart-random-frac: expected a fraction in [0, 1], got {cfg.warmstart_random_frac}")
     if cfg.dual_clip and cfg.dual_clip <= 1:
         raise ValueError(f"--dual-clip: expected 0 (off) or a value > 1, got {cfg.dual_clip}")
-    if not 0 < cfg.top_p <= 1 or cfg.temperature < 0:
-        raise ValueError(f"--top-p must be in (0, 1] and --temperature >= 0, got {cfg.top_p}, {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1 or cfg.temperature < 0 or cfg.eval_temperature < 0:
+        raise ValueError(f"--top-p must be in (0, 1], --temperature and --eval-temperature >= 0, got "
+                         f"{cfg.top_p}, {cfg.temperature}, {cfg.eval_temperature}")
     if cfg.minibatches > cfg.tasks_per_iter * cfg.group_size:
         raise ValueError(f"--minibatches: {cfg.minibatches} is more than the {cfg.tasks_per_iter * cfg.group_size} trajectories of a batch")
     if cfg.step_reward_source == "oracle" and (cfg.env not in STEP_LABELLED_ENVS or not cfg.istar or cfg.granularity != "step"):

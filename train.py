@@ -44,7 +44,7 @@ import distributed
 from config import Config, parse_config, saved_config, validate
 from envs import make_env
 from istar import NonFiniteError, istar_update
-from model import build_default_model, clone_model, disable_dropout, load_model, save_model
+from model import build_default_model, clone_model, disable_dropout, format_prompt, load_model, save_model
 from rollout import Trajectory, pack, rollout
 from warmstart import EVAL_SEED_BASE, cached_warm_start, env_tokenizer, expert_prob, expert_rows, warm_start
 
@@ -96,6 +96,16 @@ def build_models(cfg: Config, make, device, run_dir: Path):
     return tokenizer, policy, prm, policy_opt, prm_opt
 
 
+def check_context(cfg: Config, tokenizer, make) -> None:
+    """Fail before any work when --max-context cannot hold a task's prompt (system + first observation)
+    and one action: every row would overflow it (rollout.py keeps such rows whole, with a warning)."""
+    env = make()
+    need = len(format_prompt(tokenizer, env.system_prompt, env.reset(EVAL_SEED_BASE))) + cfg.max_action_tokens
+    if need > cfg.max_context:
+        raise ValueError(f"--max-context: expected at least {need} tokens (the prompt of a {cfg.env} task and "
+                         f"--max-action-tokens {cfg.max_action_tokens}), got {cfg.max_context}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: written atomically (tmp file + os.replace), everything needed to resume exactly
 # ---------------------------------------------------------------------------------------------
@@ -121,10 +131,16 @@ def save_checkpoint(run_dir: Path, iteration: int, policy, prm, policy_opt, prm_
 # Flags a resumed run takes from the command line; every other setting is the run's own (config.json).
 # step_reward_source: continue a run with the env's labels as step credit (an experiment, docs/results.md).
 RESUME_FLAGS = ("iterations", "device", "eval_every", "save_every", "fsdp", "step_reward_source")
+NO_CHECKPOINT = ("no checkpoint.pt: the run stopped before its first checkpoint (written every --save-every "
+                 "iterations and at the end), so there is nothing to continue; delete the folder to start it again")
 
 
 def resumed_config(run_dir, cfg: Config, argv: list[str]) -> Config:
     """The config of the run saved in ``run_dir``, with the RESUME_FLAGS given in ``argv`` taken from ``cfg``."""
+    if not (Path(run_dir) / "config.json").is_file():
+        raise SystemExit(f"--resume {run_dir}: no run there (a run folder holds the config.json a run writes when it starts)")
+    if not (Path(run_dir) / "checkpoint.pt").is_file():
+        raise SystemExit(f"--resume {run_dir}: {NO_CHECKPOINT}")
     saved = saved_config(Path(run_dir) / "config.json")
     given = {a.split("=")[0] for a in argv}
     saved.update({k: getattr(cfg, k) for k in RESUME_FLAGS
@@ -282,8 +298,8 @@ def train(cfg: Config, resume: str | None = None, fresh_policy_opt: bool = False
     main = distributed.is_main()
     run_dir = Path(resume) if resume else Path(cfg.out_dir) / (cfg.run_name or f"{cfg.env}-{cfg.algo}{'-istar' if cfg.istar else ''}-s{cfg.seed}")
     if not resume and (run_dir / "metrics.jsonl").exists():  # a second run would append to the first one's metrics
-        raise SystemExit(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another "
-                         f"--run-name / --out-dir (or delete the folder)")
+        how = f"continue it with --resume {run_dir}" if (run_dir / "checkpoint.pt").is_file() else NO_CHECKPOINT
+        raise SystemExit(f"{run_dir} already holds a run; {how}; or choose another --run-name / --out-dir")
     make = env_factory(cfg)  # a bad env argument fails here, before the run folder exists
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -297,6 +313,7 @@ def train(cfg: Config, resume: str | None = None, fresh_policy_opt: bool = False
     # --- env, model, PRM setup ---
     with distributed.main_first():  # rank 0 builds and saves the tokenizer, the others then load it
         tokenizer, policy, prm, policy_opt, prm_opt = build_models(cfg, make, device, run_dir)
+    check_context(cfg, tokenizer, make)
     start, env_steps = 0, 0
     if resume:
         start, env_steps = load_checkpoint(run_dir, policy, prm, policy_opt, prm_opt, rngs, fresh_policy_opt)

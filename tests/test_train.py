@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,10 @@ def test_four_iterations_equal_two_plus_resumed_two(tmp_path):
     (["--init-seed", "-2"], "--init-seed"),
     (["--adam-beta2", "1"], "--adam-beta2"),
     (["--shuffle-ids"], "--shuffle-ids"),  # sokoban has no product IDs
+    (["--group-size", "1"], "--group-size"),  # no group baseline, no preference pair: nothing trains
+    (["--step-adv-coef", "nan"], "--step-adv-coef"),  # NaN passes every comparison
+    (["--lr", "inf"], "--lr"),
+    (["--eval-temperature", "-0.5"], "--eval-temperature"),
 ])
 def test_bad_config_fails_before_any_work_naming_the_field(argv, field):
     with pytest.raises(ValueError, match=field):
@@ -153,14 +158,6 @@ def test_warm_start_lock(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.write_text(dead.stdout.strip())  # a holder that died without finishing
     assert _take_lock(lock) and lock.read_text() == str(os.getpid())
-
-
-def test_a_finished_or_running_folder_is_not_overwritten(tmp_path):
-    (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "metrics.jsonl").write_text('{"iteration": 0}\n')
-    with pytest.raises(SystemExit, match="--resume"):
-        train(tiny(tmp_path, run_name="x"))
-    assert (tmp_path / "x" / "metrics.jsonl").read_text() == '{"iteration": 0}\n'
 
 
 def test_sigterm_ends_the_run_after_its_iteration_with_eval_checkpoint_and_summary(tmp_path):
@@ -401,9 +398,39 @@ def test_resume_takes_only_its_flags_from_the_command_line(tmp_path):
     run.mkdir()
     saved = tiny(tmp_path, env="locks", iterations=2, lr=3e-4)
     (run / "config.json").write_text(json.dumps(saved.__dict__))
+    (run / "checkpoint.pt").write_bytes(b"")  # resumed_config only checks that it is there
     argv = ["--resume", str(run), "--iterations=6", "--step-reward-source", "oracle", "--lr", "1e-3", "--no-fsdp"]
     cfg = resumed_config(run, parse_config(argv)[0], argv)
     assert (cfg.iterations, cfg.step_reward_source, cfg.lr, cfg.env) == (6, "oracle", 3e-4, "locks")
     (run / "config.json").write_text(json.dumps({**saved.__dict__, "env": "webshop"}))  # no step labels
     with pytest.raises(ValueError, match="--step-reward-source"):
         resumed_config(run, parse_config(argv)[0], argv)
+
+
+def test_a_run_folder_is_never_overwritten_and_resume_says_what_to_do(tmp_path):
+    """A new run into a folder that holds one is refused, naming ``--resume``; ``--resume`` of a folder with no run, or of a run stopped before its first checkpoint, stops with
+    a message naming what is missing; and a fresh start into such a run's folder says to delete it
+    rather than to --resume it (which could not work)."""
+    from train import resumed_config
+    cfg = tiny(tmp_path, run_name="r")
+    with pytest.raises(SystemExit, match="no run there"):
+        resumed_config(tmp_path / "nothing", cfg, [])
+    run = Path(cfg.out_dir) / cfg.run_name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(cfg.__dict__))
+    (run / "metrics.jsonl").write_text(json.dumps({"iteration": 0}) + "\n")  # the evaluation before RL, then killed
+    with pytest.raises(SystemExit, match="no checkpoint.pt.*delete the folder"):
+        resumed_config(run, cfg, [])
+    with pytest.raises(SystemExit, match="already holds a run; no checkpoint.pt"):
+        train(cfg)
+    (run / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="continue it with --resume " + re.escape(str(run))):
+        train(cfg)
+    assert (run / "metrics.jsonl").read_text() == '{"iteration": 0}\n'  # never overwritten
+
+
+def test_a_context_too_short_for_the_prompt_fails_before_any_work(tmp_path):
+    cfg = tiny(tmp_path, run_name="short", max_context=64)
+    with pytest.raises(ValueError, match=r"--max-context: expected at least \d+ tokens"):
+        train(cfg)
+    assert not (tmp_path / "short" / "metrics.jsonl").exists()  # no warm start, no evaluation ran
