@@ -2,8 +2,9 @@
 
     python train.py --show runs/sokoban-rloo-istar-s0 [--seed K]
 
-Loads the run's saved policy and PRM (train.py writes them to RUN_DIR/policy and RUN_DIR/prm at
-the end of a run), plays one held-out task greedily, and prints each step's action, env reward and
+Loads the run's latest policy and PRM (``load_run``: RUN_DIR/policy and RUN_DIR/prm, which train.py
+writes at the end of a run, or its checkpoint.pt when that is newer: a run in flight, or one stopped
+before its end), plays one held-out task greedily, and prints each step's action, env reward and
 implicit reward r_φ = β · Σ_k (log π_φ − log π_θ) over the action's tokens (paper Eq. 1, paper.md E1),
 with the policy itself as the reference, and the env's ground-truth label of the step where it has
 one (Sokoban: "optimal move" = one step along a shortest solution; credit.py). For Sokoban it also saves a PNG strip of the states with
@@ -25,18 +26,34 @@ from rollout import pack, rollout
 from warmstart import EVAL_SEED_BASE
 
 
-def _load(run_dir: Path, name: str):
-    path = run_dir / name
-    if not path.is_dir():
-        raise FileNotFoundError(f"--show {run_dir}: {path} not found; it is written when a run finishes (train.py)")
-    return load_model(str(path))
+def load_run(run_dir: Path, device="cpu"):
+    """(config, policy, PRM, tokenizer, which weights) of a train.py run: the final models (RUN_DIR/policy
+    and /prm, written when a run ends), or the checkpoint when it is newer than them or they are absent
+    (a run in flight, stopped early, or resumed after it ended)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise SystemExit(f"{run_dir}: no train.py run there (no config.json)")
+    cfg = Config(**saved_config(run_dir / "config.json"))
+    final, ckpt = [run_dir / "policy", run_dir / "prm"], run_dir / "checkpoint.pt"
+    written = max((f.stat().st_mtime for d in final if d.is_dir() for f in d.iterdir()), default=0.0)
+    if all(d.is_dir() for d in final) and not (ckpt.is_file() and ckpt.stat().st_mtime > written):
+        (policy, tokenizer), (prm, _) = (load_model(str(d), device) for d in final)
+        return cfg, policy.eval(), prm.eval(), tokenizer, "the final policy"
+    if not ckpt.is_file():
+        raise SystemExit(f"{run_dir}: neither a final policy ({final[0]}) nor a checkpoint.pt: the run "
+                         f"stopped before its first checkpoint")
+    from train import build_models, env_factory  # the run's own architecture and tokenizer
+
+    tokenizer, policy, prm, _, _ = build_models(cfg, env_factory(cfg), device, run_dir)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    policy.load_state_dict(state["policy"])
+    prm.load_state_dict(state["prm"])
+    return cfg, policy.eval(), prm.eval(), tokenizer, f"the checkpoint of iteration {state['iteration']}"
 
 
 @torch.no_grad()
 def replay_episode(run_dir: Path, cli_cfg: Config) -> list[dict]:
-    cfg = Config(**saved_config(run_dir / "config.json"))
-    policy, tokenizer = _load(run_dir, "policy")
-    prm, _ = _load(run_dir, "prm")
+    cfg, policy, prm, tokenizer, which = load_run(run_dir)
     kwargs = {"max_steps": cfg.max_steps} if cfg.max_steps else {}
     seed = EVAL_SEED_BASE + cli_cfg.seed  # --seed K picks the K-th held-out task
     traj = rollout(policy, tokenizer, lambda: make_env(cfg.env, **kwargs), [seed], 1, temperature=0.0,
@@ -48,7 +65,7 @@ def replay_episode(run_dir: Path, cli_cfg: Config) -> list[dict]:
     prm_logp = token_logprobs(prm, batch.input_ids, batch.attention_mask, batch.action_mask)  # (T,)
     r = step_rewards(prm_logp, old_logp, batch.step_cu, cfg.beta)  # (S,) E1
     steps = []
-    print(f"{cfg.env} task seed {seed}: won={traj.won} return={traj.outcome:.2f}\n")
+    print(f"{run_dir}, {which}; {cfg.env} task seed {seed}: won={traj.won} return={traj.outcome:.2f}\n")
     print(traj.observations[0])
     for t, (action, obs) in enumerate(zip(traj.actions, traj.observations[1:])):
         label = {1: True, 0: False}.get(traj.step_optimal[t])  # the env's ground truth (credit.py); None = unknown

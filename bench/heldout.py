@@ -2,7 +2,8 @@
 
 A run's periodic evaluation (train.py ``evaluate``) plays ``--eval-tasks`` held-out tasks, 64 by
 default: one success rate then has a standard error of ~5 points, too coarse to tell a small gain
-or loss. This re-plays the final policy of each run (``RUN_DIR/policy``) and, with ``--warmstart``,
+or loss. This re-plays the latest policy of each run (``replay.load_run``: its final
+policy, or its checkpoint while it runs) and, with ``--warmstart``,
 the cached warm start of the first run's settings (the policy RL started from) on ``--tasks``
 held-out tasks (the same seeds and sampling keys as train.py's evaluations, so the first 64 tasks
 are the runs' own), at each ``--temperatures`` (0 = greedy), with the run's rollout settings.
@@ -21,8 +22,8 @@ import math
 from pathlib import Path
 
 from config import Config, saved_config
-from model import load_model
 from envs import scripted_play
+from replay import load_run
 from train import env_factory, evaluate, resolve_device
 from warmstart import EVAL_SEED_BASE, cache_dir, cached_warm_start
 
@@ -37,7 +38,7 @@ def run_config(run_dir: Path, tasks: int, temperature: float) -> Config:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", help="run folders written by train.py (final policy in RUN/policy)")
+    p.add_argument("runs", nargs="+", help="run folders written by train.py (their final policy, or the checkpoint of an unfinished run)")
     p.add_argument("--tasks", type=int, default=256, help="held-out tasks per evaluation")
     p.add_argument("--temperatures", default="0,0.4", help="comma-separated; 0 = greedy")
     p.add_argument("--warmstart", action="store_true", help="also evaluate the cached warm start of the first run's settings")
@@ -47,21 +48,19 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"bench.heldout --tasks: expected a positive integer, got {args.tasks}")
     temps = [float(t) for t in args.temperatures.split(",")]
     runs = [Path(r) for r in args.runs]
-    for r in runs:
-        if not (r / "policy").is_dir():
-            raise SystemExit(f"bench.heldout: {r}/policy not found (the run has not finished)")
     cfg0 = run_config(runs[0], args.tasks, temps[0])
     device = resolve_device(cfg0)
     targets = []
     if args.warmstart:
-        model, tok = load_model(str(runs[0] / "policy"), device)
+        _, model, _, tok, _ = load_run(runs[0], device)  # the run's architecture and tokenizer
         if not (cache_dir(cfg0, tok) / "policy.pt").is_file():
             raise SystemExit(f"bench.heldout --warmstart: no cached warm start for {runs[0]}'s settings under "
                              f"{cfg0.out_dir}/.warmstart (run it from the folder the run was started in)")
         cached_warm_start(model, tok, env_factory(cfg0), cfg0, device)  # loads the cached weights
         targets.append(("warm start", runs[0], model, tok))
     for r in runs:
-        model, tok = load_model(str(r / "policy"), device)
+        _, model, _, tok, which = load_run(r, device)
+        print(f"{r.name}: {which}")
         targets.append((r.name, r, model, tok))
     for name, run_dir, model, tok in targets:
         model.eval()

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,6 +117,23 @@ def test_plot_and_show(tmp_path):
     assert steps and all(math.isfinite(s["implicit_reward"]) for s in steps)
     assert all(s["optimal"] in (True, False, None) for s in steps)
     assert (tmp_path / "viz" / "replay.png").read_bytes()[:4] == b"\x89PNG"
+    # --show (and bench.heldout) take the newest weights: the final policy, or a newer checkpoint
+    # (a run resumed after it ended), or the checkpoint alone (a run in flight or killed)
+    from replay import load_run
+    run, ckpt = tmp_path / "viz", tmp_path / "viz" / "checkpoint.pt"
+    _, final, _, _, which = load_run(run)
+    assert which == "the final policy"
+    os.utime(ckpt, (time.time() + 60, time.time() + 60))
+    _, from_ckpt, _, _, which = load_run(run)
+    assert which == "the checkpoint of iteration 1"
+    for (name, a), b in zip(final.state_dict().items(), from_ckpt.state_dict().values()):
+        assert torch.equal(a, b), name
+    for d in ("policy", "prm"):
+        shutil.rmtree(run / d)
+    assert replay_episode(run, cfg) == steps
+    ckpt.unlink()
+    with pytest.raises(SystemExit, match="neither a final policy"):
+        load_run(run)
 
 
 def test_env_step_budget_stops_the_run_with_a_final_evaluation(tmp_path):
@@ -217,7 +235,7 @@ def test_heldout_replays_the_runs_own_evaluations(tmp_path, capsys):
         assert f"success {round(got[it][f'eval/success_{key}'] * 3):4d}/3" in line, (line, it, key)
         assert f"invalid actions {got[it][f'eval/invalid_frac_{key}']:.4f}" in line, (line, it, key)
     assert len({line.split("invalid actions")[1] for line in lines}) > 1  # the fractions tell the policies apart
-    with pytest.raises(SystemExit, match="policy not found"):
+    with pytest.raises(SystemExit, match="no config.json"):
         heldout([str(tmp_path / "missing")])
 
 
