@@ -224,9 +224,12 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--summarise {out}: no run folders with metrics.jsonl in it")
     else:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        for v in variants:
-            variant_args(v)  # fail before any run starts
-        seeds = [int(s) for s in args.seeds.split(",")]
+        for v in variants:  # fail before any run starts: a bad variant, or train.py flags it would refuse
+            parse_config(["--env", args.env, *variant_args(v), *extra])
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
         out = Path(args.out or f"runs/sweep-{args.env}")
         dirs = launch(args.env, variants, seeds, out, extra, args.parallel, 60 * args.deadline_min)
     missing = [d.name for d in dirs if not has_iterations(d)]  # cut by --deadline-min before their first iteration

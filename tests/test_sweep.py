@@ -25,6 +25,16 @@ def test_variants():
             variant_args(bad)
 
 
+def test_bad_sweep_arguments_fail_before_any_run_starts(tmp_path):
+    from sweep import main
+    out = tmp_path / "sweep"
+    with pytest.raises(ValueError, match="--lr"):  # a train.py flag every run would refuse
+        main(["--variants", "rloo,grpo+istar", "--out", str(out), "--", "--lr", "-1"])
+    with pytest.raises(SystemExit):  # argparse: "--seeds: expected comma-separated integers"
+        main(["--variants", "rloo", "--seeds", "0,one", "--out", str(out)])
+    assert not out.exists()
+
+
 def _fake_run(root: Path, name: str, algo: str, istar: bool, success: list[float], steps_per_iter: int, evals: tuple):
     d = root / name
     d.mkdir()
