@@ -28,6 +28,7 @@ class Config:
     env: str = knob("sokoban", "environment: sokoban | webshop | sotopia | locks (a diagnostic of step credit, not in the paper)", "env", list(REGISTRY))
     max_steps: int = knob(0, "episode step limit; 0 = the env's own (paper: Sokoban 15, WebShop 10; Locks: its number of doors, 6)", "env")
     carvings: int = knob(0, "Locks only: number of distinct carvings, a multiple of 4 up to 64 (a larger hidden rule, each carving seen at fewer doors per batch); 0 = the env's own (4)", "env")
+    system_prompt: bool = knob(True, "start every row with the env's system prompt (its rules and answer format, as the paper's prompts); --no-system-prompt: observations and actions only (a model trained from scratch learns the format from demonstrations and cannot read the prompt; bench.board_ceiling --transformer measures what the constant prefix costs its warm start)", "env")
     shuffle_ids: bool = knob(False, "WebShop only: show the products of each task under a permutation of the catalogue's IDs (goals, pages and rewards unchanged), so a click must copy an ID from the page, not recall one memorised from demonstrations", "env")
     # --- model ----------------------------------------------------------------------------
     model: str = knob("", "path of a local Hugging Face causal LM; empty = build the small default model locally", "model")
@@ -147,7 +148,7 @@ STEP_LABELLED_ENVS = ("sokoban", "locks")
 # Fields added after runs were saved, with the value every run saved before them used: a run folder's
 # config.json without the field means that value (resume, replay and bench.heldout rebuild it exactly).
 LEGACY_DEFAULTS: dict[str, object] = {"warmstart_schedule": "constant", "carvings": 0, "init_seed": -1, "adam_beta2": 0.999,
-                                      "shuffle_ids": False}
+                                      "shuffle_ids": False, "system_prompt": True}
 
 
 def saved_config(path) -> dict:

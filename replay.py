@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from config import Config, saved_config
-from envs import make_env
 from model import load_model, token_logprobs
 from prm import step_rewards
 from rollout import pack, rollout
+from train import env_factory
 from warmstart import EVAL_SEED_BASE
 
 
@@ -42,7 +42,7 @@ def load_run(run_dir: Path, device="cpu"):
     if not ckpt.is_file():
         raise SystemExit(f"{run_dir}: neither a final policy ({final[0]}) nor a checkpoint.pt: the run "
                          f"stopped before its first checkpoint")
-    from train import build_models, env_factory  # the run's own architecture and tokenizer
+    from train import build_models  # the run's own architecture and tokenizer
 
     tokenizer, policy, prm, _, _ = build_models(cfg, env_factory(cfg), device, run_dir)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -54,9 +54,9 @@ def load_run(run_dir: Path, device="cpu"):
 @torch.no_grad()
 def replay_episode(run_dir: Path, cli_cfg: Config) -> list[dict]:
     cfg, policy, prm, tokenizer, which = load_run(run_dir)
-    kwargs = {"max_steps": cfg.max_steps} if cfg.max_steps else {}
+    make = env_factory(cfg)  # the run's env settings (step limit, carvings, IDs, system prompt)
     seed = EVAL_SEED_BASE + cli_cfg.seed  # --seed K picks the K-th held-out task
-    traj = rollout(policy, tokenizer, lambda: make_env(cfg.env, **kwargs), [seed], 1, temperature=0.0,
+    traj = rollout(policy, tokenizer, make, [seed], 1, temperature=0.0,
                    max_action_tokens=cfg.max_action_tokens, max_context=cfg.max_context,
                    max_history_steps=cfg.history_steps or None, engine=cfg.rollout_engine,
                    generator=torch.Generator().manual_seed(0), device="cpu")[0]
@@ -76,18 +76,18 @@ def replay_episode(run_dir: Path, cli_cfg: Config) -> list[dict]:
         print(obs)
     (run_dir / "replay.json").write_text(json.dumps({"seed": seed, "won": traj.won, "steps": steps}, indent=1))
     if cfg.env == "sokoban":
-        print("saved", save_sokoban_strip(run_dir / "replay.png", cfg, kwargs, seed, traj.actions, r.tolist()))
+        print("saved", save_sokoban_strip(run_dir / "replay.png", make, seed, traj.actions, r.tolist()))
     return steps
 
 
-def save_sokoban_strip(path: Path, cfg: Config, kwargs: dict, seed: int, actions: list[str], rewards: list[float]) -> Path:
+def save_sokoban_strip(path: Path, make, seed: int, actions: list[str], rewards: list[float]) -> Path:
     """The episode's states side by side, each titled with the action that led to it and its r_φ."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    env = make_env("sokoban", **kwargs)
+    env = make()
     env.reset(seed)
     frames = [env.render_rgb()]
     for action in actions:

@@ -68,7 +68,15 @@ def env_factory(cfg: Config):
     if cfg.shuffle_ids:  # WebShop only (config.validate)
         kwargs["shuffle_ids"] = True
     make_env(cfg.env, **kwargs)  # fail early on a bad env name or argument
-    return partial(make_env, cfg.env, **kwargs)
+    make = partial(make_env, cfg.env, **kwargs)
+    return make if cfg.system_prompt else partial(without_system_prompt, make)
+
+
+def without_system_prompt(make):
+    """An env from ``make`` whose rows start with the first observation (--no-system-prompt)."""
+    env = make()
+    env.system_prompt = ""
+    return env
 
 
 def autocast(cfg: Config, device: torch.device):

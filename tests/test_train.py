@@ -452,3 +452,27 @@ def test_a_context_too_short_for_the_prompt_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"--max-context: expected at least \d+ tokens"):
         train(cfg)
     assert not (tmp_path / "short" / "metrics.jsonl").exists()  # no warm start, no evaluation ran
+
+
+def test_no_system_prompt_rows_start_with_the_observation_and_replay_uses_the_runs_env(tmp_path, capsys):
+    """--no-system-prompt: every env the run makes has no system prompt, so a prompt starts with the user
+    turn; the warm-start cache tells it apart from the default (test_warmstart: whose hash is that of
+    runs before the knob); --show replays a run in its own env (here Locks with 16 carvings, no system prompt)."""
+    import dataclasses
+    from model import ROLE_TOKENS, format_prompt
+    from replay import replay_episode
+    from train import env_factory
+    from warmstart import EVAL_SEED_BASE, cache_dir, env_tokenizer
+    cfg = tiny(tmp_path, run_name="bare", env="locks", carvings=16, iterations=1, system_prompt=False)
+    make = env_factory(cfg)
+    assert make().system_prompt == "" and env_factory(dataclasses.replace(cfg, system_prompt=True))().system_prompt
+    tok = env_tokenizer(make, cfg.vocab_size)
+    prompt = format_prompt(tok, make().system_prompt, make().reset(5))
+    assert prompt[0] == tok.convert_tokens_to_ids(ROLE_TOKENS["user"])
+    assert cache_dir(cfg, tok) != cache_dir(dataclasses.replace(cfg, system_prompt=True), tok)
+    train(cfg)
+    capsys.readouterr()
+    replay_episode(tmp_path / "bare", cfg)
+    first = make().reset(EVAL_SEED_BASE)
+    assert first in capsys.readouterr().out
+    assert first != env_factory(dataclasses.replace(cfg, carvings=0))().reset(EVAL_SEED_BASE)  # the test can tell
