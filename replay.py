@@ -22,7 +22,7 @@ from config import Config, saved_config
 from model import load_model, token_logprobs
 from prm import step_rewards
 from rollout import pack, rollout
-from train import env_factory
+from train import build_models, env_factory
 from warmstart import EVAL_SEED_BASE
 
 
@@ -42,9 +42,7 @@ def load_run(run_dir: Path, device="cpu"):
     if not ckpt.is_file():
         raise SystemExit(f"{run_dir}: neither a final policy ({final[0]}) nor a checkpoint.pt: the run "
                          f"stopped before its first checkpoint")
-    from train import build_models  # the run's own architecture and tokenizer
-
-    tokenizer, policy, prm, _, _ = build_models(cfg, env_factory(cfg), device, run_dir)
+    tokenizer, policy, prm, _, _ = build_models(cfg, env_factory(cfg), device, run_dir)  # the run's architecture
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     policy.load_state_dict(state["policy"])
     prm.load_state_dict(state["prm"])
