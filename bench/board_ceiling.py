@@ -24,10 +24,12 @@ The MLP sees only the current board, already aligned cell by cell; the policy se
 context (system prompt, first observation, two past steps, each board a 1-D token sequence, the
 current one the last of up to four) and has to find the board in it. The gap between the two is
 what the language model's input format and size cost; the Llama on the current observation alone
-separates the two.
+separates the two, and ``--context system`` the prompt from the history (measured: the prompt costs
+it all, README "Sokoban"; train.py ``--no-system-prompt`` drops it from the policy's rows).
 
 Run: ``python -m bench.board_ceiling --episodes 1500`` (about a minute on a 2-core CPU);
-``python -m bench.board_ceiling --episodes 6000 --transformer`` adds the Llama (~27 min on one thread)
+``python -m bench.board_ceiling --episodes 6000 --transformer [--context system]`` adds the Llama (~27 min on
+one thread)
 """
 from __future__ import annotations
 
