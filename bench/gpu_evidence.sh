@@ -15,8 +15,9 @@
 #                           on one Sokoban batch of 8 tasks x 8 (the probe's default)
 #   warmstart warmstart.md  python -m bench.warmstart_probe: the held-out expert-action probability per
 #                           warm-start step over WS_EPOCHS (3) passes of WS_EPISODES (12,000, twice the
-#                           Sokoban preset's) demos, ~2,250 steps (on the CPU, 6,000 x 3 reached 0.50 and was
-#                           still rising: does more data take it further?), then held-out success of the
+#                           Sokoban preset's) demos, ~2,250 steps (on the CPU, 6,000 x 3 reached 0.78 without
+#                           the system prompt, the preset's since 2026-12-06, and 0.50 with it (WS_ARGS=
+#                           --system-prompt): does more data take it further?), then held-out success of the
 #                           result and of uniformly random moves. WS_ENV (sokoban) and WS_ARGS (train.py flags)
 #                           point it elsewhere, e.g. the WebShop copy test of docs/results.md:
 #                           WS_ENV=webshop WS_EPISODES=6000 WS_ARGS="--shuffle-ids --warmstart-random-frac 0"

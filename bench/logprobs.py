@@ -1,7 +1,8 @@
 """Forward + backward throughput of ``model.token_logprobs`` with and without the shared-prefix forward.
 
 Every training forward (old log-probs, PRM, policy, warm start) goes through ``token_logprobs``.
-Its rows begin with the same system prompt; with a history window (the Sokoban preset keeps 2
+Its rows begin with the same system prompt (with ``--model`` or ``--system-prompt``; the Sokoban preset of
+the default model leaves it out, config.LOCAL_MODEL_PRESETS); with a history window (the Sokoban preset keeps 2
 past steps) every step after the first few is a row of its own, so that prompt is a large part of
 all the tokens the update processes. ``share_prefix=True`` runs the prompt once per chunk of rows.
 This bench lays out real noisy-expert episodes of an env exactly as a rollout does

@@ -94,6 +94,17 @@ def test_bad_config_fails_before_any_work_naming_the_field(argv, field):
         parse_config(["--env", "sokoban", *argv])
 
 
+def test_sokoban_drops_the_system_prompt_only_for_the_locally_built_model():
+    """LOCAL_MODEL_PRESETS: the bare sokoban command trains the model built from scratch without the
+    prompt; a pretrained --model keeps the env's prompt; an explicit flag wins either way; other envs keep it."""
+    assert parse_config([])[0].system_prompt is False  # sokoban is the default env
+    assert parse_config(["--env", "sokoban", "--preset", "tiny"])[0].system_prompt is False
+    assert parse_config(["--env", "sokoban", "--model", "/some/lm"])[0].system_prompt is True
+    assert parse_config(["--env", "sokoban", "--system-prompt"])[0].system_prompt is True
+    assert parse_config(["--env", "sokoban", "--model", "/some/lm", "--no-system-prompt"])[0].system_prompt is False
+    assert all(parse_config(["--env", env])[0].system_prompt for env in ("locks", "sotopia", "webshop"))
+
+
 def test_help_reads_well_and_unknown_env_is_rejected():
     proc = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
