@@ -4,8 +4,9 @@
     python train.py --plot runs/*            (the same, through train.py)
     python plot.py runs/sweep-locks/*-s? --means credit/prm_auc,prm/acc --iterations 2-8,11-100   (a table)
 
-Runs whose config differs only by seed share a label and are drawn as mean ± std across seeds,
-each curve interpolated onto a common grid of environment steps. Reads `metrics.jsonl` and
+Runs whose config differs only by seed (and bookkeeping: NOT_SETTINGS) share a label and are drawn
+as mean ± std across seeds, each curve interpolated onto a common grid of environment steps; runs of
+one algorithm that differ in a setting get the differing flags in their labels (``run_labels``). Reads `metrics.jsonl` and
 `config.json` of each run folder (written by train.py).
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from config import saved_config
+
 CURVES = [("env/success", "training success"), ("eval/success_sampled", "eval success (T=0.4)"), ("env/return", "training return")]
 # Drawn only when some run logs them: what the policy knows without sampling noise (train.py), and how
 # well the advantage it was trained on ranked the env's good steps above its bad ones (credit.py).
@@ -27,6 +30,13 @@ OPTIONAL_CURVES = [("eval/expert_prob", "expert-action probability (held-out)"),
 LABEL_SUFFIXES = [("granularity", "step", " (token)"), ("step_reward_source", "prm", " (oracle step credit)"),
                   ("prm_order", "before", " (PRM after update)"), ("scale_step_rewards", False, " (scaled r)"),
                   ("prm_steps", 1, " ({} PRM steps)"), ("prm_nll_coef", 0, " (PRM NLL {:g})")]
+
+
+# Config fields that do not make a run another setting: its seed, name, length and bookkeeping, and how
+# the same computation is laid out on the machine. Runs that differ only in these are seeds of one setting.
+NOT_SETTINGS = {"seed", "init_seed", "run_name", "out_dir", "iterations", "max_env_steps", "eval_every", "save_every", "tensorboard",
+                "warmstart_cache", "device", "kernels", "micro_batch", "micro_batch_tokens", "rollout_engine",
+                "cuda_graphs", "fsdp"}
 
 
 def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
@@ -47,12 +57,38 @@ def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
     return label, rows
 
 
+def _settings(run_dir: str | Path) -> dict:
+    """The run's config (completed with LEGACY_DEFAULTS, as --resume reads it) without NOT_SETTINGS."""
+    cfg_file = Path(run_dir) / "config.json"
+    cfg = saved_config(cfg_file) if cfg_file.is_file() else {}
+    return {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}
+
+
+def _flag(name: str, value) -> str:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + name.replace("_", "-")
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
+def run_labels(run_dirs: list[str]) -> list[str]:
+    """One label per run: read_run's, followed, where runs with that label differ in a setting (a config
+    field outside NOT_SETTINGS), by each run's values of the differing fields, e.g. ``RLOO (--lr 0.0003)``.
+    So runs are only ever averaged together when they are seeds of one setting."""
+    runs = [(read_run(d)[0], _settings(d)) for d in run_dirs]
+    labels = []
+    for label, settings in runs:
+        peers = [s for other, s in runs if other == label]
+        differ = sorted(k for k in set().union(*peers) if len({json.dumps(s.get(k)) for s in peers}) > 1)
+        labels.append(label + (" (" + ", ".join(_flag(k, settings.get(k)) for k in differ) + ")" if differ else ""))
+    return labels
+
+
 def runs_by_label(run_dirs: list[str]) -> dict[str, list[list[dict]]]:
     """label -> the metrics rows of each of its runs (runs differing only by seed share a label)."""
     by_label: dict[str, list[list[dict]]] = defaultdict(list)
-    for d in run_dirs:
-        label, rows = read_run(d)
-        by_label[label].append(rows)
+    for d, label in zip(run_dirs, run_labels(run_dirs)):
+        by_label[label].append(read_run(d)[1])
     return by_label
 
 

@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from config import Config
-from plot import CURVES, phase_means, plot_runs, read_run
+from plot import CURVES, phase_means, plot_runs, read_run, run_labels
 
 
 def fake_run(path, rows, **cfg):
@@ -59,3 +59,20 @@ def test_phase_means_average_each_run_over_its_phase_then_over_seeds(tmp_path):
     assert table[2] == "| GRPO | 1.000 ± 0.000 (n=1) | 1.000 ± 0.000 (n=1) |"
     assert "| - |" in phase_means(runs, ["prm/acc"], [(1, 4)])  # never logged: no number made up
     assert phase_means(runs[:1], ["eval/expert_prob"], [(0, 0)]).splitlines()[2] == "| RLOO w/ iStar | 0.500 ± 0.000 (n=1) |"
+
+
+def test_runs_are_averaged_only_when_they_are_seeds_of_one_setting(tmp_path):
+    """Runs of one algorithm that differ in a setting (here the learning rate, or the system prompt) get
+    the differing flags in their labels and separate rows; seeds, names and lengths do not split a label."""
+    rows = [{"iteration": 0, "eval/expert_prob": 0.5}, {"iteration": 1, "env/success": 0.0}]
+    runs = [fake_run(tmp_path / "a", rows, algo="rloo", istar=False, lr=1e-4, seed=0, run_name="a", iterations=16),
+            fake_run(tmp_path / "b", rows, algo="rloo", istar=False, lr=1e-4, seed=1, run_name="b", iterations=41),
+            fake_run(tmp_path / "c", rows, algo="rloo", istar=False, lr=3e-4, system_prompt=False),
+            fake_run(tmp_path / "d", rows, algo="grpo", istar=False, lr=3e-4)]
+    assert run_labels(runs) == ["RLOO (--lr 0.0001, --system-prompt)", "RLOO (--lr 0.0001, --system-prompt)",
+                                "RLOO (--lr 0.0003, --no-system-prompt)", "GRPO"]
+    table = phase_means(runs, ["eval/expert_prob"], [(0, 0)]).splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| GRPO", "| RLOO (--lr 0.0001, --system-prompt)",
+                                                            "| RLOO (--lr 0.0003, --no-system-prompt)"]
+    assert "(n=2)" in table[3] and "(n=1)" in table[4]
+    assert run_labels(runs[:2]) == ["RLOO", "RLOO"]
