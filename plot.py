@@ -12,13 +12,14 @@ one algorithm that differ in a setting get the differing flags in their labels (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from config import saved_config
+from config import Config, saved_config
 
 CURVES = [("env/success", "training success"), ("eval/success_sampled", "eval success (T=0.4)"), ("env/return", "training return")]
 # Drawn only when some run logs them: what the policy knows without sampling noise (train.py), and how
@@ -37,6 +38,9 @@ LABEL_SUFFIXES = [("granularity", "step", " (token)"), ("step_reward_source", "p
 NOT_SETTINGS = {"seed", "init_seed", "run_name", "out_dir", "iterations", "max_env_steps", "eval_every", "save_every", "tensorboard",
                 "warmstart_cache", "device", "kernels", "micro_batch", "micro_batch_tokens", "rollout_engine",
                 "cuda_graphs", "fsdp"}
+# ... nor do the PRM's fields and the step advantage's when iStar is off.
+ISTAR_ONLY = {f.name for f in dataclasses.fields(Config) if f.metadata["group"] == "prm" and f.name != "istar"} | {
+    "step_adv_coef", "step_reward_source"}
 
 
 def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
@@ -58,10 +62,12 @@ def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
 
 
 def _settings(run_dir: str | Path) -> dict:
-    """The run's config (completed with LEGACY_DEFAULTS, as --resume reads it) without NOT_SETTINGS."""
+    """The run's config (completed with LEGACY_DEFAULTS, as --resume reads it) without NOT_SETTINGS,
+    and without the PRM's and the step advantage's fields when iStar is off (they change nothing then)."""
     cfg_file = Path(run_dir) / "config.json"
     cfg = saved_config(cfg_file) if cfg_file.is_file() else {}
-    return {k: v for k, v in cfg.items() if k not in NOT_SETTINGS}
+    unused = set() if cfg.get("istar", True) else ISTAR_ONLY
+    return {k: v for k, v in cfg.items() if k not in NOT_SETTINGS | unused}
 
 
 def _flag(name: str, value) -> str:
