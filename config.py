@@ -3,9 +3,8 @@
 `python train.py --help` prints these fields grouped as below, with the help text taken from each
 field's `doc`. Per-env presets (PRESETS, and LOCAL_MODEL_PRESETS when no --model is given) change the
 defaults so the bare `python train.py --env X` uses good settings; any flag given on the command line
-wins over the preset. The paper's values
-(paper.md) are the defaults where they make sense for a few-million-parameter model; where we
-differ (learning rates, batch sizes), the field's doc says so.
+wins over the preset. The paper's values (paper.md) are the defaults where they make sense for a
+few-million-parameter model; where we differ (learning rates, batch sizes), the field's doc says so.
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@
 
 Runs whose config differs only by seed (and bookkeeping: NOT_SETTINGS) share a label and are drawn
 as mean ± std across seeds, each curve interpolated onto a common grid of environment steps; runs of
-one algorithm that differ in a setting get the differing flags in their labels (``run_labels``). Reads `metrics.jsonl` and
-`config.json` of each run folder (written by train.py).
+one algorithm that differ in a setting get the differing flags in their labels (``run_labels``).
+Reads `metrics.jsonl` and `config.json` of each run folder (written by train.py).
 """
 from __future__ import annotations
 
