@@ -6,7 +6,7 @@
 
 Runs whose config differs only by seed (and bookkeeping: NOT_SETTINGS) share a label and are drawn
 as mean ± std across seeds, each curve interpolated onto a common grid of environment steps; runs of
-one algorithm that differ in a setting get the differing flags in their labels (``run_labels``).
+one algorithm that differ in a setting get the differing flags in their labels (``read_runs``).
 Reads `metrics.jsonl` and `config.json` of each run folder (written by train.py).
 """
 from __future__ import annotations
@@ -77,24 +77,24 @@ def _flag(name: str, value) -> str:
     return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
 
 
-def run_labels(run_dirs: list[str]) -> list[str]:
-    """One label per run: read_run's, followed, where runs with that label differ in a setting (a config
-    field outside NOT_SETTINGS), by each run's values of the differing fields, e.g. ``RLOO (--lr 0.0003)``.
-    So runs are only ever averaged together when they are seeds of one setting."""
-    runs = [(read_run(d)[0], _settings(d)) for d in run_dirs]
-    labels = []
-    for label, settings in runs:
-        peers = [s for other, s in runs if other == label]
+def read_runs(run_dirs: list[str]) -> list[tuple[str, list[dict]]]:
+    """``read_run`` of each run, its label followed, where runs with that label differ in a setting (a
+    config field outside NOT_SETTINGS), by the run's values of the differing fields, e.g.
+    ``RLOO (--lr 0.0003)``. So runs are only ever averaged together when they are seeds of one setting."""
+    runs = [(*read_run(d), _settings(d)) for d in run_dirs]
+    out = []
+    for label, rows, settings in runs:
+        peers = [s for other, _, s in runs if other == label]
         differ = sorted(k for k in set().union(*peers) if len({json.dumps(s.get(k)) for s in peers}) > 1)
-        labels.append(label + (" (" + ", ".join(_flag(k, settings.get(k)) for k in differ) + ")" if differ else ""))
-    return labels
+        out.append((label + (" (" + ", ".join(_flag(k, settings.get(k)) for k in differ) + ")" if differ else ""), rows))
+    return out
 
 
 def runs_by_label(run_dirs: list[str]) -> dict[str, list[list[dict]]]:
     """label -> the metrics rows of each of its runs (runs differing only by seed share a label)."""
     by_label: dict[str, list[list[dict]]] = defaultdict(list)
-    for d, label in zip(run_dirs, run_labels(run_dirs)):
-        by_label[label].append(read_run(d)[1])
+    for label, rows in read_runs(run_dirs):
+        by_label[label].append(rows)
     return by_label
 
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from config import parse_config, saved_config
 from envs import REGISTRY
-from plot import plot_runs, read_run, run_labels
+from plot import plot_runs, read_runs
 
 ALGOS = ("rloo", "grpo", "reinforce++")
 
@@ -167,8 +167,7 @@ def _arrow(pairs: list[list[float]]) -> str:
 def summarise(run_dirs: list[Path], threshold: float = 0.5, window: int = 5) -> str:
     """The markdown table described in the module docstring."""
     runs = {}
-    for d, label in zip(run_dirs, run_labels(run_dirs)):
-        rows = read_run(d)[1]
+    for d, (label, rows) in zip(run_dirs, read_runs(run_dirs)):
         train_rows = [r for r in rows if r.get("iteration", 0) > 0 and "env/success" in r]
         evals = [r for r in rows if "eval/success_greedy" in r]
         if not train_rows:

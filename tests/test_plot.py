@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from config import Config
-from plot import CURVES, phase_means, plot_runs, read_run, run_labels
+from plot import CURVES, phase_means, plot_runs, read_run, read_runs
 
 
 def fake_run(path, rows, **cfg):
@@ -69,13 +69,13 @@ def test_runs_are_averaged_only_when_they_are_seeds_of_one_setting(tmp_path):
             fake_run(tmp_path / "b", rows, algo="rloo", istar=False, lr=1e-4, seed=1, run_name="b", iterations=41),
             fake_run(tmp_path / "c", rows, algo="rloo", istar=False, lr=3e-4, system_prompt=False, prm_lr=6e-4),
             fake_run(tmp_path / "d", rows, algo="grpo", istar=False, lr=3e-4)]
-    assert run_labels(runs) == ["RLOO (--lr 0.0001, --system-prompt)", "RLOO (--lr 0.0001, --system-prompt)",
+    assert [label for label, _ in read_runs(runs)] == ["RLOO (--lr 0.0001, --system-prompt)", "RLOO (--lr 0.0001, --system-prompt)",
                                 "RLOO (--lr 0.0003, --no-system-prompt)", "GRPO"]
     table = phase_means(runs, ["eval/expert_prob"], [(0, 0)]).splitlines()
     assert [line.split(" | ")[0] for line in table[2:]] == ["| GRPO", "| RLOO (--lr 0.0001, --system-prompt)",
                                                             "| RLOO (--lr 0.0003, --no-system-prompt)"]
     assert "(n=2)" in table[3] and "(n=1)" in table[4]
-    assert run_labels(runs[:2]) == ["RLOO", "RLOO"]
+    assert [label for label, _ in read_runs(runs[:2])] == ["RLOO", "RLOO"]
     istar = [fake_run(tmp_path / "e", rows, algo="rloo", istar=True, prm_lr=2e-4),  # the PRM's lr matters with iStar
              fake_run(tmp_path / "f", rows, algo="rloo", istar=True, prm_lr=6e-4)]
-    assert run_labels(istar) == ["RLOO w/ iStar (--prm-lr 0.0002)", "RLOO w/ iStar (--prm-lr 0.0006)"]
+    assert [label for label, _ in read_runs(istar)] == ["RLOO w/ iStar (--prm-lr 0.0002)", "RLOO w/ iStar (--prm-lr 0.0006)"]
