@@ -21,6 +21,13 @@ per iteration (training steps, not evaluation):
                           of the score's magnitude (for adv: of the advantage that weights the policy
                           gradient) lands on the right side, where the AUC only counts which side
 
+    credit/fatal_frac     fraction of the moves whose fate is known that led into a dead end
+    credit/*_safe_auc     the same AUCs (and *_safe_gap the gaps) against a second label derived from the
+                          first (``safe_move_labels``): a move that kept the level solvable (good) vs
+                          one that made it unsolvable (bad). In Sokoban these are the moves that
+                          decide the outcome: after a fatal move no sequence of moves wins, where a
+                          detour only costs steps
+
 iStar assigns credit better than its base algorithm exactly when adv_auc > episode_auc. The AUC
 can be perfect while the gap is small (a few good steps far ahead, most just above the bad ones):
 the policy gradient of a step's choice follows E[A | good] − E[A | bad] (what adv_gap averages),
@@ -85,6 +92,27 @@ def within_group_gap(score: torch.Tensor, label: torch.Tensor, group: torch.Tens
     return total, pairs
 
 
+def safe_move_labels(batch) -> torch.Tensor:
+    """(S,) int8: 1 a move that left the level solvable, 0 a fatal move (into a dead end), −1 unknown.
+
+    Derived from ``step_optimal``, where −1 in a labelled env marks a step taken *from* a dead end
+    (Sokoban: ``step_optimal`` is None exactly there). So a step from a solvable state (label ≥ 0)
+    whose next step in the same trajectory is unlabelled moved into a dead end; one whose next step
+    is labelled did not; a good step (1, one move along a shortest solution) never does. A not-good
+    last step of a trajectory (the step limit came first) and every step from a dead end are
+    unknown, as are all steps of an env without labels or whose labels are never −1 (Locks).
+    """
+    label = batch.step_optimal  # (S,)
+    following = torch.full_like(label, -2)  # (S,) label of the next step of the same trajectory; −2 = none
+    following[:-1] = label[1:]
+    ends = batch.traj_cu[1:][batch.traj_cu[1:] > batch.traj_cu[:-1]] - 1  # (N',) last step of each trajectory
+    following[ends.to(label.device)] = -2
+    safe = torch.full_like(label, -1)  # (S,)
+    safe[(label == 1) | ((label == 0) & (following >= 0))] = 1
+    safe[(label == 0) & (following == -1)] = 0
+    return safe
+
+
 def credit_stats(batch, episode_adv: torch.Tensor, implicit_reward: torch.Tensor | None = None,
                  step_adv: torch.Tensor | None = None, step_adv_coef: float = 1.0, granularity: str = "step") -> dict:
     """The ``credit/*`` metrics of one batch (module docstring); {} when no step has a label.
@@ -108,16 +136,25 @@ def credit_stats(batch, episode_adv: torch.Tensor, implicit_reward: torch.Tensor
             step_adv = trajectory_scores(step_adv, batch.step_cu, "mean")  # (S,)
         scores["prm"] = implicit_reward  # (S,)
         scores["adv"] = scores["episode"] + step_adv_coef * step_adv  # (S,) E7
-    sums = []
-    for score in scores.values():
-        sums += [*within_group_auc(score, label, group), within_group_gap(score, label, group)[0]]
-    sums = distributed.all_sum(sums)
+    safe = safe_move_labels(batch)  # (S,)
+    labels = {"": label, "_safe": safe}
+    sums = [float((safe >= 0).sum()), float((safe == 0).sum())]
+    for y in labels.values():
+        for score in scores.values():
+            sums += [*within_group_auc(score, y, group), within_group_gap(score, y, group)[0]]
+    known, fatal, *sums = distributed.all_sum(sums)
     stats = {"credit/optimal_frac": labelled[1] / labelled[0]}
-    for k, name in enumerate(scores):
+    if known > 0:
+        stats["credit/fatal_frac"] = fatal / known
+    keys = [(name, suffix) for suffix in labels for name in scores]  # the order of ``sums``, three per key
+    for k, (name, suffix) in enumerate(keys):
         wins, pairs, diff = sums[3 * k: 3 * k + 3]
         if pairs > 0:
-            stats[f"credit/{name}_auc"] = wins / pairs
-            stats[f"credit/{name}_gap"] = diff / pairs
-    if "credit/episode_auc" in stats and implicit_reward is None:  # the base algorithm's advantage is A^E
-        stats["credit/adv_auc"], stats["credit/adv_gap"] = stats["credit/episode_auc"], stats["credit/episode_gap"]
+            stats[f"credit/{name}{suffix}_auc"] = wins / pairs
+            stats[f"credit/{name}{suffix}_gap"] = diff / pairs
+    if implicit_reward is None:  # the base algorithm's advantage is A^E
+        for suffix in labels:
+            for kind in ("auc", "gap"):
+                if f"credit/episode{suffix}_{kind}" in stats:
+                    stats[f"credit/adv{suffix}_{kind}"] = stats[f"credit/episode{suffix}_{kind}"]
     return stats

@@ -21,7 +21,10 @@ r_φ has no policy-drift term):
    give: 0.5 for any episode-level advantage); ``index_auc``, over pairs of one group taken at the
    same step index (a reward that merely falls with the step's position scores 0.5 there); and
    ``policy_auc``, the AUC of the sampling policy's own log π_θold of the action (what the PRM
-   starts from: does r_φ know more than the policy's confidence?).
+   starts from: does r_φ know more than the policy's confidence?). ``*_safe_auc`` score the same
+   quantities against moves that kept the level solvable vs moves into a dead end (credit.py,
+   ``safe_move_labels``; ``fatal_frac`` of the moves were fatal): in Sokoban the moves that decide
+   the outcome, where the shortest-path label also marks harmless detours bad.
 
 AUC 0.5 is chance. iStar's step term helps credit assignment where adv_auc > episode_auc.
 
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.batches} batches of {cfg.tasks_per_iter}x{cfg.group_size} episodes ({won}/{n} won) in {time.time() - t0:.0f} s; "
           f"the last is held out; beta {cfg.beta}, Q = {cfg.q_reduce}, pairs = {cfg.pair_rule}")
     cols = ["train_acc", "acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc", "traj_auc",
-            "index_auc", "policy_auc", "live_auc", "corr_old_logp", "corr_step_index"]
+            "index_auc", "policy_auc", "live_auc", "fatal_frac", "episode_safe_auc", "prm_safe_auc", "adv_safe_auc",
+            "corr_old_logp", "corr_step_index"]
     show = lambda r: print(f"{r['pass']:4d}  " + "  ".join(f"{r.get(c, float('nan')):>{len(c)}.4f}" for c in cols), flush=True)  # noqa: E731
     out = {}
     for lr in [float(x) for x in args.prm_lrs.split(",")]:

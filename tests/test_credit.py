@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from credit import credit_stats, within_group_auc, within_group_gap
+from credit import credit_stats, safe_move_labels, within_group_auc, within_group_gap
 from rollout import Trajectory, pack
 
 
@@ -85,6 +85,60 @@ def test_credit_stats_of_perfect_noisy_and_unlabelled_step_scores():
     assert inverted["credit/prm_auc"] == 0.0
     unlabelled = _batch([[-1, -1], [-1]], groups=[0, 0])
     assert credit_stats(unlabelled, torch.zeros(2)) == {}
+
+
+def _safe_reference(labels):
+    """safe_move_labels of one trajectory's labels, step by step."""
+    out = []
+    for t, y in enumerate(labels):
+        nxt = labels[t + 1] if t + 1 < len(labels) else None
+        out.append(1 if y == 1 or (y == 0 and nxt is not None and nxt >= 0) else 0 if y == 0 and nxt == -1 else -1)
+    return out
+
+
+@settings(deadline=None, max_examples=200)
+@given(trajs=st.lists(st.lists(st.integers(-1, 1), min_size=1, max_size=8), min_size=1, max_size=6))
+def test_safe_move_labels_follow_each_trajectory_and_never_cross_into_the_next(trajs):
+    batch = _batch(trajs, groups=list(range(len(trajs))))
+    assert safe_move_labels(batch).tolist() == [x for labels in trajs for x in _safe_reference(labels)]
+
+
+def test_safe_move_labels_on_sokoban_mark_exactly_the_moves_into_a_dead_end():
+    """On the real env: a step's derived label is 1 when the board after it is solvable, 0 when it is
+    not (checked by BFS), for every step whose fate the labels can tell."""
+    import numpy as np
+    from envs.base import wrap_action
+    from envs.sokoban import SokobanEnv
+    rng, trajs, truth = np.random.default_rng(0), [], []
+    for seed in range(20):
+        env = SokobanEnv(max_steps=15)
+        env.reset(seed=seed)
+        labels, solvable = [], []
+        while not env.done:
+            move = env.expert_action() if rng.random() < 0.2 else env.random_action(rng)
+            info = env.step(wrap_action(move))[3]
+            labels.append(-1 if info["optimal"] is None else int(info["optimal"]))
+            solvable.append(env.solve() is not None)  # [] when won
+        trajs.append(labels)
+        truth += solvable
+    safe = safe_move_labels(_batch(trajs, groups=list(range(len(trajs))))).tolist()
+    known = [(s, t) for s, t in zip(safe, truth) if s >= 0]
+    assert 0 < sum(s == 0 for s, _ in known) < len(known)  # the walks made both kinds of move
+    assert all(s == int(t) for s, t in known)
+
+
+def test_safe_auc_scores_the_moves_into_a_dead_end():
+    # group 0: traj 0 walks into a dead end at its second step (0 then -1); traj 1 detours but stays solvable
+    batch = _batch([[1, 0, -1, -1], [0, 1, 0]], groups=[0, 0])
+    stats = credit_stats(batch, torch.tensor([-1.0, 1.0]))
+    assert stats["credit/fatal_frac"] == pytest.approx(1 / 4)  # 4 moves of known fate: 3 safe, 1 fatal
+    # safe moves: traj 0 step 0 (A -1, ties the fatal move), traj 1 steps 0-1 (A 1, beat it): (0.5 + 2) / 3
+    assert stats["credit/episode_safe_auc"] == pytest.approx(2.5 / 3) == stats["credit/adv_safe_auc"]
+    fatal_low = torch.tensor([0.0, -5.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # r_φ singles out the fatal move
+    with_prm = credit_stats(batch, torch.tensor([-1.0, 1.0]), fatal_low, fatal_low)
+    assert with_prm["credit/prm_safe_auc"] == 1.0 and with_prm["credit/prm_safe_gap"] == pytest.approx(5.0)
+    no_fatal = credit_stats(_batch([[1, 0], [0, 1]], groups=[0, 0]), torch.zeros(2))  # a last step's fate is unknown
+    assert no_fatal["credit/fatal_frac"] == 0.0 and "credit/episode_safe_auc" not in no_fatal
 
 
 def test_token_granularity_sums_rewards_and_averages_advantages_per_step():
