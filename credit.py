@@ -100,7 +100,9 @@ def safe_move_labels(batch) -> torch.Tensor:
     whose next step in the same trajectory is unlabelled moved into a dead end; one whose next step
     is labelled did not; a good step (1, one move along a shortest solution) never does. A not-good
     last step of a trajectory (the step limit came first) and every step from a dead end are
-    unknown, as are all steps of an env without labels or whose labels are never −1 (Locks).
+    unknown, as are all steps of an env without labels. Meaningful only where −1 marks dead ends:
+    Locks' labels are never −1, so there every move counts as safe (``credit/fatal_frac`` 0), though
+    a wrong key already loses the episode.
     """
     label = batch.step_optimal  # (S,)
     following = torch.full_like(label, -2)  # (S,) label of the next step of the same trajectory; −2 = none
