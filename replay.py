@@ -7,7 +7,8 @@ writes at the end of a run, or its checkpoint.pt when that is newer: a run in fl
 before its end), plays one held-out task greedily, and prints each step's action, env reward and
 implicit reward r_φ = β · Σ_k (log π_φ − log π_θ) over the action's tokens (paper Eq. 1, paper.md E1),
 with the policy itself as the reference, and the env's ground-truth label of the step where it has
-one (Sokoban: "optimal move" = one step along a shortest solution; credit.py). For Sokoban it also saves a PNG strip of the states with
+one (Sokoban: "optimal move" = one step along a shortest solution, "into a dead end" = the move left
+the level unsolvable; credit.py). For Sokoban it also saves a PNG strip of the states with
 r_φ above each frame (RUN_DIR/replay.png), so a reader can see which moves the PRM credits.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from config import Config, saved_config
+from credit import safe_move_labels
 from model import load_model, token_logprobs
 from prm import step_rewards
 from rollout import pack, rollout
@@ -62,14 +64,16 @@ def replay_episode(run_dir: Path, cli_cfg: Config) -> list[dict]:
     old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask)  # (T,)
     prm_logp = token_logprobs(prm, batch.input_ids, batch.attention_mask, batch.action_mask)  # (T,)
     r = step_rewards(prm_logp, old_logp, batch.step_cu, cfg.beta)  # (S,) E1
+    safe = safe_move_labels(batch).tolist()  # (S,) 1 kept the level solvable, 0 led into a dead end, -1 unknown
     steps = []
     print(f"{run_dir}, {which}; {cfg.env} task seed {seed}: won={traj.won} return={traj.outcome:.2f}\n")
     print(traj.observations[0])
     for t, (action, obs) in enumerate(zip(traj.actions, traj.observations[1:])):
         label = {1: True, 0: False}.get(traj.step_optimal[t])  # the env's ground truth (credit.py); None = unknown
         steps.append({"step": t + 1, "action": action, "env_reward": traj.step_rewards[t], "implicit_reward": r[t].item(),
-                      "optimal": label})
+                      "optimal": label, "fatal": {1: False, 0: True}.get(safe[t])})
         mark = "" if label is None else ("   optimal move" if label else "   not optimal")
+        mark += "   into a dead end" if safe[t] == 0 else ""
         print(f"\n--- step {t + 1}: {action!r}   env reward {traj.step_rewards[t]:+.2f}   r_phi {r[t].item():+.4f}{mark}")
         print(obs)
     (run_dir / "replay.json").write_text(json.dumps({"seed": seed, "won": traj.won, "steps": steps}, indent=1))

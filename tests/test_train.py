@@ -126,7 +126,8 @@ def test_plot_and_show(tmp_path):
 
     steps = replay_episode(tmp_path / "viz", cfg)
     assert steps and all(math.isfinite(s["implicit_reward"]) for s in steps)
-    assert all(s["optimal"] in (True, False, None) for s in steps)
+    assert all(s["optimal"] in (True, False, None) and s["fatal"] in (True, False, None) for s in steps)
+    assert all(not s["fatal"] for s in steps if s["optimal"])  # a move along a shortest solution is never fatal
     assert (tmp_path / "viz" / "replay.png").read_bytes()[:4] == b"\x89PNG"
     # --show (and bench.heldout) take the newest weights: the final policy, or a newer checkpoint
     # (a run resumed after it ended), or the checkpoint alone (a run in flight or killed)
