@@ -65,7 +65,8 @@ def _within_group_corr(x: torch.Tensor, y: torch.Tensor, group: torch.Tensor) ->
 
 # Config fields that do not change the rollouts (PRM and update settings): a cache made under other
 # values of these is still valid.
-_NOT_ROLLOUT = {"beta", "prm_lr", "prm_grad_clip", "q_reduce", "pair_rule", "prm_order", "granularity", "scale_step_rewards",
+_NOT_ROLLOUT = {"beta", "prm_lr", "prm_grad_clip", "q_reduce", "pair_rule", "prm_order", "prm_steps", "prm_nll_coef",
+                "granularity", "scale_step_rewards", "adam_beta2",
                 "algo", "step_adv_coef", "step_reward_source", "lr", "clip_eps", "dual_clip", "ratio_level", "loss_agg",
                 "ppo_epochs", "minibatches", "micro_batch", "micro_batch_tokens", "entropy_coef", "kl_coef", "grad_clip",
                 "kernels", "iterations", "max_env_steps", "run_name", "eval_every", "eval_tasks", "eval_temperature",
