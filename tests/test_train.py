@@ -268,6 +268,27 @@ def test_prm_probe_cache_gives_the_same_batches(tmp_path, capsys):
     assert "batches loaded" in capsys.readouterr().out
 
 
+def test_drift_probe_splits_the_step_reward_into_the_prms_change_and_the_policys_drift(tmp_path, capsys):
+    """bench.drift_probe: r_φ = prm_change − policy_drift exactly (E1 with π_0 added and taken away);
+    π_0 is the run's own warm start, found in the cache beside the run, not trained again; AUCs are
+    within [0, 1] (or nan without a pair)."""
+    from bench.drift_probe import PARTS, main as drift, step_scores
+    gen = torch.Generator().manual_seed(0)
+    logp = {k: -torch.rand(7, generator=gen) for k in ("policy", "prm", "start")}  # (T,)
+    parts = step_scores(logp, torch.tensor([0, 3, 4, 7]), beta=0.05)  # (S,) = (3,)
+    torch.testing.assert_close(parts["r_phi"], parts["prm_change"] - parts["policy_drift"])
+    torch.testing.assert_close(parts["policy_drift"][0], 0.05 * (logp["policy"][:3] - logp["start"][:3]).sum())
+    train(tiny(tmp_path, run_name="d", iterations=1))
+    cached = list((tmp_path / ".warmstart").iterdir())
+    rows = drift([str(tmp_path / "d"), "--tasks", "2", "--group-size", "3"])
+    assert list((tmp_path / ".warmstart").iterdir()) == cached  # the run's warm start, found, not retrained
+    assert "the final policy" == rows[0]["weights"] and rows[0]["episodes"] == 6
+    assert all(math.isnan(rows[0][k]) or 0 <= rows[0][k] <= 1 for k in PARTS)
+    assert rows[0]["r_phi_mean"] == pytest.approx(rows[0]["prm_change_mean"] - rows[0]["policy_drift_mean"], abs=1e-6)
+    assert rows[0]["policy_drift_mean"] != 0.0  # one RL update moved the policy away from its warm start
+    assert "| run | weights | won |" in capsys.readouterr().out
+
+
 def test_warmstart_probe_reports_the_expert_probability_per_step(tmp_path, capsys):
     from bench.warmstart_probe import main as probe
     out = probe(["--every", "2", "--probe-episodes", "2", "--tasks", "2", "--", "--env", "sokoban", "--preset", "tiny",
