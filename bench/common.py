@@ -1,5 +1,6 @@
-"""What the probes in bench/ share: their command line (own flags, then ``--`` and train.py's) and
-the warm-started policy that ``train.py`` with the same flags starts RL from."""
+"""What the probes in bench/ share: their command line (own flags, then ``--`` and train.py's),
+the warm-started policy that ``train.py`` with the same flags starts RL from, and how the episodes
+of a set of batches were lost."""
 from __future__ import annotations
 
 import tempfile
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from credit import safe_move_labels
 from train import build_models, env_factory, resolve_device
 from warmstart import cached_warm_start
 
@@ -27,3 +29,25 @@ def warm_started_policy(cfg):
     if not cfg.model:
         print(f"warm start: {cached_warm_start(policy, tokenizer, make, cfg, device)}")
     return tokenizer, policy.eval(), make, device
+
+
+def fatal_moves(batches) -> str:
+    """How the lost episodes of ``batches`` were lost: how many made a move into a dead end
+    (credit.py ``safe_move_labels``), and at which step (1 = the first move). Empty for envs without
+    dead-end labels."""
+    lost = with_fatal = 0
+    at = []
+    for batch, _ in batches:
+        fatal = (safe_move_labels(batch) == 0).tolist()  # (S,)
+        for i in range(batch.num_traj):
+            s, e = int(batch.traj_cu[i]), int(batch.traj_cu[i + 1])
+            if not bool(batch.won[i]):
+                lost += 1
+                steps = [t - s + 1 for t in range(s, e) if fatal[t]]
+                with_fatal += bool(steps)
+                at += steps[:1]
+    if not at:
+        return ""
+    at.sort()
+    return (f"lost episodes: {lost}, {with_fatal} of them after a move into a dead end, made at step "
+            f"{at[len(at) // 4]} / {at[len(at) // 2]} / {at[3 * len(at) // 4]} (quartiles)")

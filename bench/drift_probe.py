@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import warm_started_policy
+from bench.common import fatal_moves, warm_started_policy
 from credit import safe_move_labels, within_group_auc
 from istar import recompute_old_logp
 from prm import step_rewards
@@ -72,7 +72,8 @@ def probe(run_dir: str, tasks: int, group_size: int, seed: int) -> dict:
     logp = {name: recompute_old_logp(model, batch, cfg) for name, model in
             (("policy", policy), ("prm", prm), ("start", start))}  # (T,) each
     stats = credit_aucs(batch, step_scores(logp, batch.step_cu, cfg.beta))
-    return {"run": run_dir, "weights": which, "won": int(batch.won.sum()), "episodes": batch.num_traj, **stats}
+    return {"run": run_dir, "weights": which, "won": int(batch.won.sum()), "episodes": batch.num_traj,
+            "lost": fatal_moves([(batch, None)]), **stats}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         r = rows[-1]
         print(f"| {run} | {r['weights']} | {r['won']}/{r['episodes']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |",
               flush=True)
+    for r in rows:
+        print(f"{r['run']}: {r['lost'] or 'no move into a dead end'}")
     return rows
 
 

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import torch
 
-from bench.common import split_argv, warm_started_policy
+from bench.common import fatal_moves, split_argv, warm_started_policy
 from config import parse_config
-from credit import safe_move_labels, within_group_auc
+from credit import within_group_auc
 from istar import compute_advantages, recompute_old_logp, score_with_prm, update_prm
 from prm import preference_pairs, trajectory_dpo_loss, trajectory_scores
 from rollout import pack, rollout
@@ -101,28 +101,6 @@ def held_out_stats(prm, batch, old_logp, cfg) -> dict:
             "policy_auc": auc(step_old, batch.step_optimal, group),
             "corr_old_logp": _within_group_corr(reward, step_old, group),
             "corr_step_index": _within_group_corr(reward, index.to(reward.dtype), group)}
-
-
-def fatal_moves(batches) -> str:
-    """How the lost episodes of ``batches`` were lost: how many made a move into a dead end
-    (credit.py ``safe_move_labels``), and at which step (1 = the first move). Empty for envs without
-    dead-end labels."""
-    lost = with_fatal = 0
-    at = []
-    for batch, _ in batches:
-        fatal = (safe_move_labels(batch) == 0).tolist()  # (S,)
-        for i in range(batch.num_traj):
-            s, e = int(batch.traj_cu[i]), int(batch.traj_cu[i + 1])
-            if not bool(batch.won[i]):
-                lost += 1
-                steps = [t - s + 1 for t in range(s, e) if fatal[t]]
-                with_fatal += bool(steps)
-                at += steps[:1]
-    if not at:
-        return ""
-    at.sort()
-    return (f"lost episodes: {lost}, {with_fatal} of them after a move into a dead end, made at step "
-            f"{at[len(at) // 4]} / {at[len(at) // 2]} / {at[3 * len(at) // 4]} (quartiles)")
 
 
 def collect(cfg, num_batches: int, cache: str | None = None):

@@ -141,8 +141,8 @@ def test_safe_auc_scores_the_moves_into_a_dead_end():
     assert no_fatal["credit/fatal_frac"] == 0.0 and "credit/episode_safe_auc" not in no_fatal
 
 
-def test_prm_probe_counts_the_lost_episodes_decided_by_a_move_into_a_dead_end():
-    from bench.prm_probe import fatal_moves
+def test_probes_count_the_lost_episodes_decided_by_a_move_into_a_dead_end():
+    from bench.common import fatal_moves
     batch = _batch([[1, 0, -1, -1], [0, 1, 0], [1, 1, 1, 0, -1], [1]], groups=[0, 0, 1, 1])
     batch.won = torch.tensor([False, False, False, True])  # lost: a fatal 2nd move, no fatal move, a fatal 4th move
     assert fatal_moves([(batch, None)]) == "lost episodes: 3, 2 of them after a move into a dead end, made at step 2 / 4 / 4 (quartiles)"
