@@ -18,7 +18,7 @@ learned, as the README's Sokoban and Locks results describe.
 
 Run: ``python -m bench.drift_probe RUN_DIR [RUN_DIR ...] --tasks 16 --group-size 8``. The warm start
 π_0 comes from the cache next to the run (``<out_dir>/.warmstart``, as train.py wrote it; computed
-again if it is missing). Diagnostics only; nothing is written.
+again if it is missing). Runs on the CPU (the models are small); diagnostics only, nothing is written.
 """
 from __future__ import annotations
 
