@@ -31,13 +31,13 @@ def warm_started_policy(cfg):
     return tokenizer, policy.eval(), make, device
 
 
-def fatal_moves(batches) -> str:
-    """How the lost episodes of ``batches`` were lost: how many made a move into a dead end
+def fatal_moves(batches: list) -> str:
+    """How the lost episodes of ``batches`` (batch.Batch objects) were lost: how many made a move into a dead end
     (credit.py ``safe_move_labels``), and at which step (1 = the first move). Empty for envs without
     dead-end labels."""
     lost = with_fatal = 0
     at = []
-    for batch, _ in batches:
+    for batch in batches:
         fatal = (safe_move_labels(batch) == 0).tolist()  # (S,)
         for i in range(batch.num_traj):
             s, e = int(batch.traj_cu[i]), int(batch.traj_cu[i + 1])

@@ -73,7 +73,7 @@ def probe(run_dir: str, tasks: int, group_size: int, seed: int) -> dict:
             (("policy", policy), ("prm", prm), ("start", start))}  # (T,) each
     stats = credit_aucs(batch, step_scores(logp, batch.step_cu, cfg.beta))
     return {"run": run_dir, "weights": which, "won": int(batch.won.sum()), "episodes": batch.num_traj,
-            "lost": fatal_moves([(batch, None)]), **stats}
+            "lost": fatal_moves([batch]), **stats}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     won, n = sum(int(b.won.sum()) for b, _ in batches), sum(b.num_traj for b, _ in batches)
     print(f"{args.batches} batches of {cfg.tasks_per_iter}x{cfg.group_size} episodes ({won}/{n} won) in {time.time() - t0:.0f} s; "
           f"the last is held out; beta {cfg.beta}, Q = {cfg.q_reduce}, pairs = {cfg.pair_rule}")
-    print(fatal_moves(batches))
+    print(fatal_moves([b for b, _ in batches]))
     cols = ["train_acc", "acc", "margin", "optimal_frac", "episode_auc", "prm_auc", "adv_auc", "traj_auc",
             "index_auc", "policy_auc", "live_auc", "fatal_frac", "episode_safe_auc", "prm_safe_auc", "adv_safe_auc",
             "corr_old_logp", "corr_step_index"]

@@ -145,8 +145,8 @@ def test_probes_count_the_lost_episodes_decided_by_a_move_into_a_dead_end():
     from bench.common import fatal_moves
     batch = _batch([[1, 0, -1, -1], [0, 1, 0], [1, 1, 1, 0, -1], [1]], groups=[0, 0, 1, 1])
     batch.won = torch.tensor([False, False, False, True])  # lost: a fatal 2nd move, no fatal move, a fatal 4th move
-    assert fatal_moves([(batch, None)]) == "lost episodes: 3, 2 of them after a move into a dead end, made at step 2 / 4 / 4 (quartiles)"
-    assert fatal_moves([(_batch([[1, 0]], groups=[0]), None)]) == ""  # no dead end: nothing to say
+    assert fatal_moves([batch]) == "lost episodes: 3, 2 of them after a move into a dead end, made at step 2 / 4 / 4 (quartiles)"
+    assert fatal_moves([_batch([[1, 0]], groups=[0])]) == ""  # no dead end: nothing to say
 
 
 def test_token_granularity_sums_rewards_and_averages_advantages_per_step():
