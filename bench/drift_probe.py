@@ -16,6 +16,12 @@ chance). Where the policy's drift ranks good moves high (RL taught them) and the
 not keep up, r_φ ranks them low: the step reward then pushes the policy away from what it has just
 learned, as the README's Sokoban and Locks results describe.
 
+On Sokoban a second table splits the moves into pushes (a box moved) and walks, read off the
+recorded observations (``push_labels``): how each part ranks pushes against walks (``<part>_push``,
+above 0.5 = pushes score higher), and its shortest-path AUC among pushes only and among walks only.
+Every move into a dead end is a push (a walk is undone by walking back), so a PRM that learns
+"pushing loses" marks down the pushes a solution needs along with the fatal ones.
+
 Run: ``python -m bench.drift_probe RUN_DIR [RUN_DIR ...] --tasks 16 --group-size 8``. The warm start
 π_0 comes from the cache next to the run (``<out_dir>/.warmstart``, as train.py wrote it; computed
 again if it is missing). Runs on the CPU (the models are small); diagnostics only, nothing is written.
@@ -37,6 +43,21 @@ from rollout import pack, rollout
 from train import rollout_kwargs
 
 PARTS = ("r_phi", "prm_change", "policy_drift")
+PUSH_COLS = ("push", "sp_push", "sp_walk")
+
+
+def push_labels(trajs) -> torch.Tensor:
+    """(S,) int8 per step of the trajectories, in pack order: 1 if the move pushed a box (the boxes'
+    cells on the board after it differ from those before it), 0 a walk, −1 where the observations
+    show no box (not a Sokoban board: envs/sokoban.py's rows start with the wall '#')."""
+    def boxes(obs: str) -> tuple:
+        rows = [line for line in obs.split("\n") if line.startswith("#")]  # the board, not the task line
+        return tuple((r, c) for r, line in enumerate(rows) for c, ch in enumerate(line) if ch in "X√")
+    out = []
+    for t in trajs:
+        seen = [boxes(o) for o in t.observations]  # obs 0 (reset) .. obs S
+        out += [(-1 if not a else int(a != b)) for a, b in zip(seen[:-1], seen[1:])]
+    return torch.tensor(out, dtype=torch.int8)
 
 
 def step_scores(logp: dict[str, torch.Tensor], step_cu: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
@@ -47,12 +68,24 @@ def step_scores(logp: dict[str, torch.Tensor], step_cu: torch.Tensor, beta: floa
     return {"r_phi": part("prm", "policy"), "prm_change": part("prm", "start"), "policy_drift": part("policy", "start")}
 
 
-def credit_aucs(batch, scores: dict[str, torch.Tensor]) -> dict[str, float]:
+def credit_aucs(batch, scores: dict[str, torch.Tensor], pushes: torch.Tensor | None = None) -> dict[str, float]:
     """Within-group AUC of each score against the shortest-path label (``<name>``) and against safe vs
-    fatal moves (``<name>_safe``); nan without a (good, bad) pair; plus each score's mean."""
+    fatal moves (``<name>_safe``); nan without a (good, bad) pair; plus each score's mean. With
+    ``pushes`` (S,) from ``push_labels``: pushes vs walks (``<name>_push``) and the shortest-path AUC
+    among pushes (``<name>_sp_push``) and among walks (``<name>_sp_walk``), and the share of pushes
+    among shortest-path moves (``push_share_sp``) and among the other moves (``push_share_other``)."""
     group = torch.repeat_interleave(batch.group_id, batch.num_steps.long())  # (S,)
+    labels = {"": batch.step_optimal, "_safe": safe_move_labels(batch)}
     out = {}
-    for suffix, label in (("", batch.step_optimal), ("_safe", safe_move_labels(batch))):
+    if pushes is not None:
+        sp = batch.step_optimal.to(pushes.device)  # (S,)
+        unknown = torch.full_like(sp, -1)
+        labels.update({"_push": pushes, "_sp_push": torch.where(pushes == 1, sp, unknown),
+                       "_sp_walk": torch.where(pushes == 0, sp, unknown)})
+        for name, on in (("sp", sp == 1), ("other", sp == 0)):
+            known = on & (pushes >= 0)
+            out[f"push_share_{name}"] = float((pushes[known] == 1).float().mean()) if known.any() else float("nan")
+    for suffix, label in labels.items():
         for name, score in scores.items():
             wins, pairs = within_group_auc(score, label, group)
             out[name + suffix] = wins / pairs if pairs else float("nan")
@@ -71,7 +104,8 @@ def probe(run_dir: str, tasks: int, group_size: int, seed: int) -> dict:
     batch = pack(trajs, device, tokenizer.pad_token_id)
     logp = {name: recompute_old_logp(model, batch, cfg) for name, model in
             (("policy", policy), ("prm", prm), ("start", start))}  # (T,) each
-    stats = credit_aucs(batch, step_scores(logp, batch.step_cu, cfg.beta))
+    pushes = push_labels(trajs) if cfg.env == "sokoban" else None  # (S,)
+    stats = credit_aucs(batch, step_scores(logp, batch.step_cu, cfg.beta), pushes)
     return {"run": run_dir, "weights": which, "won": int(batch.won.sum()), "episodes": batch.num_traj,
             "lost": fatal_moves([batch]), **stats}
 
@@ -93,6 +127,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         r = rows[-1]
         print(f"| {run} | {r['weights']} | {r['won']}/{r['episodes']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |",
               flush=True)
+    pushed = [r for r in rows if "push_share_sp" in r]
+    if pushed:
+        cols = [f"{n}_{s}" for s in PUSH_COLS for n in PARTS]
+        print("\nPushes vs walks (Sokoban): `_push` ranks pushes against walks; `_sp_push` / `_sp_walk` the "
+              "shortest-path AUC among pushes / walks only")
+        print("| run | pushes among shortest-path moves | among the others | " + " | ".join(cols) + " |\n|"
+              + "---|" * (3 + len(cols)))
+        for r in pushed:
+            print(f"| {r['run']} | {r['push_share_sp']:.2f} | {r['push_share_other']:.2f} | "
+                  + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
     for r in rows:
         print(f"{r['run']}: {r['lost'] or 'no move into a dead end'}")
     return rows

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -272,7 +273,7 @@ def test_drift_probe_splits_the_step_reward_into_the_prms_change_and_the_policys
     """bench.drift_probe: r_φ = prm_change − policy_drift exactly (E1 with π_0 added and taken away);
     π_0 is the run's own warm start, found in the cache beside the run, not trained again; AUCs are
     within [0, 1] (or nan without a pair)."""
-    from bench.drift_probe import PARTS, main as drift, step_scores
+    from bench.drift_probe import PARTS, PUSH_COLS, main as drift, step_scores
     gen = torch.Generator().manual_seed(0)
     logp = {k: -torch.rand(7, generator=gen) for k in ("policy", "prm", "start")}  # (T,)
     parts = step_scores(logp, torch.tensor([0, 3, 4, 7]), beta=0.05)  # (S,) = (3,)
@@ -287,6 +288,42 @@ def test_drift_probe_splits_the_step_reward_into_the_prms_change_and_the_policys
     assert rows[0]["r_phi_mean"] == pytest.approx(rows[0]["prm_change_mean"] - rows[0]["policy_drift_mean"], abs=1e-6)
     assert rows[0]["policy_drift_mean"] != 0.0  # one RL update moved the policy away from its warm start
     assert "| run | weights | won |" in capsys.readouterr().out
+    assert all(math.isnan(rows[0][f"{p}_{c}"]) or 0 <= rows[0][f"{p}_{c}"] <= 1 for p in PARTS for c in PUSH_COLS)
+
+
+def test_push_labels_read_the_pushes_off_the_observations_and_split_the_credit():
+    """bench.drift_probe.push_labels marks exactly the steps whose move changed the boxes (the env's
+    own state, on random and malformed actions), −1 off Sokoban; credit_aucs' push columns restrict
+    the shortest-path label to pushes / walks (hand-computed AUCs)."""
+    from types import SimpleNamespace
+    from bench.drift_probe import credit_aucs, push_labels
+    from envs.sokoban import SokobanEnv
+    env, rng, trajs, truth = SokobanEnv(max_steps=12), random.Random(0), [], []
+    for seed in range(6):
+        t = SimpleNamespace(observations=[env.reset(seed)])
+        done = False
+        while not done:
+            before = env._boxes
+            act = rng.choice(["<action>up</action>", "<action>down</action>", "<action>left</action>",
+                              "<action>right</action>", "<action>jump</action>", "no tag"])
+            obs, _, done, _ = env.step(act)
+            t.observations.append(obs)
+            truth.append(int(env._boxes != before))
+        trajs.append(t)
+    got = push_labels(trajs)  # (S,)
+    assert got.tolist() == truth and 0 < sum(truth) < len(truth)
+    assert push_labels([SimpleNamespace(observations=["Item A\nprice 3", "bought"])]).tolist() == [-1]
+    # one group, 6 steps: shortest-path label 1 1 0 0 1 0, pushes 1 0 1 0 1 -1 (the last unknown)
+    batch = SimpleNamespace(group_id=torch.tensor([0]), num_steps=torch.tensor([6]),
+                            step_optimal=torch.tensor([1, 1, 0, 0, 1, 0], dtype=torch.int8),
+                            traj_cu=torch.tensor([0, 6]))
+    pushes = torch.tensor([1, 0, 1, 0, 1, -1], dtype=torch.int8)
+    score = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.3, 0.0])
+    out = credit_aucs(batch, {"s": score}, pushes)
+    assert out["s_sp_push"] == pytest.approx(0.0)  # pushes: good 0.1, 0.3 vs bad 0.5
+    assert out["s_sp_walk"] == pytest.approx(1.0)  # walks: good 0.9 vs bad 0.2
+    assert out["s_push"] == pytest.approx(2 / 6)  # pushes 0.1 0.5 0.3 vs walks 0.9 0.2: 2 of 6 pairs won
+    assert out["push_share_sp"] == pytest.approx(2 / 3) and out["push_share_other"] == pytest.approx(1 / 2)
 
 
 def test_warmstart_probe_reports_the_expert_probability_per_step(tmp_path, capsys):
