@@ -10,11 +10,13 @@ the policy). So every step reward splits exactly into two parts:
 
 For the latest weights of each run given (its final models, or its newest checkpoint), this probe
 rolls out ``--tasks`` × ``--group-size`` episodes with the run's policy and scores every step with
-the three sums. Against the env's step labels (credit.py: a move along a shortest solution vs not;
+the three sums, and with a fourth, ``headroom`` = −β·Σ_k log π_0: the most prm_change can be (as
+log π_φ ≤ 0), small for the moves π_0 already favours. Against the env's step labels (credit.py: a move along a shortest solution vs not;
 a move that kept the level solvable vs one into a dead end) each gets a within-group AUC (0.5 is
 chance). Where the policy's drift ranks good moves high (RL taught them) and the PRM's change does
 not keep up, r_φ ranks them low: the step reward then pushes the policy away from what it has just
-learned, as the README's Sokoban and Locks results describe.
+learned, as the README's Sokoban and Locks results describe. Where prm_change ranks like headroom,
+the PRM's credit follows how surprising a move was to π_0 rather than what it did.
 
 On Sokoban a second table splits the moves into pushes (a box moved) and walks, read off the
 recorded observations (``push_labels``): how each part ranks pushes against walks (``<part>_push``,
@@ -42,7 +44,7 @@ from replay import load_run
 from rollout import pack, rollout
 from train import rollout_kwargs
 
-PARTS = ("r_phi", "prm_change", "policy_drift")
+PARTS = ("r_phi", "prm_change", "policy_drift", "headroom")
 PUSH_COLS = ("push", "sp_push", "sp_walk")
 
 
@@ -62,10 +64,14 @@ def push_labels(trajs) -> torch.Tensor:
 
 def step_scores(logp: dict[str, torch.Tensor], step_cu: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
     """The three per-step sums (S,) of the module docstring from per-token log-probs (T,) of the run's
-    ``policy`` (π_θold), ``prm`` (π_φ) and ``start`` (π_0); r_phi = prm_change − policy_drift exactly."""
+    ``policy`` (π_θold), ``prm`` (π_φ) and ``start`` (π_0); r_phi = prm_change − policy_drift exactly.
+    A fourth, ``headroom`` = −β·Σ_k log π_0, is the most prm_change can be (log π_φ ≤ 0): a move π_0
+    already makes with probability p can earn at most −β·log p, so a score that follows headroom
+    ranks the moves π_0 favours low whatever they did."""
     def part(a, b):
         return step_rewards(logp[a], logp[b], step_cu, beta)  # (S,) E1 with reference b
-    return {"r_phi": part("prm", "policy"), "prm_change": part("prm", "start"), "policy_drift": part("policy", "start")}
+    return {"r_phi": part("prm", "policy"), "prm_change": part("prm", "start"), "policy_drift": part("policy", "start"),
+            "headroom": step_rewards(torch.zeros_like(logp["start"]), logp["start"], step_cu, beta)}
 
 
 def credit_aucs(batch, scores: dict[str, torch.Tensor], pushes: torch.Tensor | None = None) -> dict[str, float]:

@@ -279,6 +279,8 @@ def test_drift_probe_splits_the_step_reward_into_the_prms_change_and_the_policys
     parts = step_scores(logp, torch.tensor([0, 3, 4, 7]), beta=0.05)  # (S,) = (3,)
     torch.testing.assert_close(parts["r_phi"], parts["prm_change"] - parts["policy_drift"])
     torch.testing.assert_close(parts["policy_drift"][0], 0.05 * (logp["policy"][:3] - logp["start"][:3]).sum())
+    torch.testing.assert_close(parts["headroom"][2], -0.05 * logp["start"][4:].sum())
+    assert bool((parts["prm_change"] <= parts["headroom"]).all())  # log π_φ ≤ 0 caps the PRM's change
     train(tiny(tmp_path, run_name="d", iterations=1))
     cached = list((tmp_path / ".warmstart").iterdir())
     rows = drift([str(tmp_path / "d"), "--tasks", "2", "--group-size", "3"])
