@@ -11,9 +11,9 @@ the policy). So every step reward splits exactly into two parts:
 For the latest weights of each run given (its final models, or its newest checkpoint), this probe
 rolls out ``--tasks`` × ``--group-size`` episodes with the run's policy and scores every step with
 the three sums, and with a fourth, ``headroom`` = −β·Σ_k log π_0: the most prm_change can be (as
-log π_φ ≤ 0), small for the moves π_0 already favours. Against the env's step labels (credit.py: a move along a shortest solution vs not;
-a move that kept the level solvable vs one into a dead end) each gets a within-group AUC (0.5 is
-chance). Where the policy's drift ranks good moves high (RL taught them) and the PRM's change does
+log π_φ ≤ 0), small for the moves π_0 already favours. Against the env's step labels (credit.py:
+a move along a shortest solution vs not; a move that kept the level solvable vs one into a dead
+end) each gets a within-group AUC (0.5 is chance). Where the policy's drift ranks good moves high (RL taught them) and the PRM's change does
 not keep up, r_φ ranks them low: the step reward then pushes the policy away from what it has just
 learned, as the README's Sokoban and Locks results describe. Where prm_change ranks like headroom,
 the PRM's credit follows how surprising a move was to π_0 rather than what it did.
