@@ -32,9 +32,9 @@ def warm_started_policy(cfg):
 
 
 def fatal_moves(batches: list) -> str:
-    """How the lost episodes of ``batches`` (batch.Batch objects) were lost: how many made a move into a dead end
-    (credit.py ``safe_move_labels``), and at which step (1 = the first move). Empty for envs without
-    dead-end labels."""
+    """How the lost episodes of ``batches`` (batch.Batch objects) were lost: how many made a move
+    into a dead end (credit.py ``safe_move_labels``), and at which step (1 = the first move). Empty
+    for envs without dead-end labels."""
     lost = with_fatal = 0
     at = []
     for batch in batches:
