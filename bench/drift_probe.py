@@ -24,6 +24,12 @@ above 0.5 = pushes score higher), and its shortest-path AUC among pushes only an
 Every move into a dead end is a push (a walk is undone by walking back), so a PRM that learns
 "pushing loses" marks down the pushes a solution needs along with the fatal ones.
 
+``--rollout-policy start`` rolls the episodes out with the warm start π_0 instead of the run's
+policy, the same episodes for every run: the PRM's change is then scored on one fixed distribution
+of moves, so what it learned can be told apart from where the run's policy went (headroom and the
+labels are the same for every run; policy_drift is then how the run's policy would rescore π_0's
+moves, and r_phi what its PRM would give them under E1 against it).
+
 Run: ``python -m bench.drift_probe RUN_DIR [RUN_DIR ...] --tasks 16 --group-size 8``. The warm start
 π_0 comes from the cache next to the run (``<out_dir>/.warmstart``, as train.py wrote it; computed
 again if it is missing). Runs on the CPU (the models are small); diagnostics only, nothing is written.
@@ -100,12 +106,13 @@ def credit_aucs(batch, scores: dict[str, torch.Tensor], pushes: torch.Tensor | N
 
 
 @torch.no_grad()
-def probe(run_dir: str, tasks: int, group_size: int, seed: int) -> dict:
+def probe(run_dir: str, tasks: int, group_size: int, seed: int, rollout_policy: str = "run") -> dict:
     cfg, policy, prm, tokenizer, which = load_run(Path(run_dir))
     cfg = dataclasses.replace(cfg, out_dir=str(Path(run_dir).parent), device="cpu")  # the warm-start cache beside the run
     _, start, make, device = warm_started_policy(cfg)
     seeds = torch.randint(0, 2**31, (tasks,), generator=torch.Generator().manual_seed(seed)).tolist()
-    trajs = rollout(policy, tokenizer, make, seeds, group_size, temperature=cfg.temperature, seed=seed,
+    actor = {"run": policy, "start": start}[rollout_policy]
+    trajs = rollout(actor, tokenizer, make, seeds, group_size, temperature=cfg.temperature, seed=seed,
                     **rollout_kwargs(cfg, device))
     batch = pack(trajs, device, tokenizer.pad_token_id)
     logp = {name: recompute_old_logp(model, batch, cfg) for name, model in
@@ -122,14 +129,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--tasks", type=int, default=16, help="tasks rolled out with each run's policy")
     p.add_argument("--group-size", type=int, default=8, help="rollouts per task (one group)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the tasks and the sampling (the same for every run)")
+    p.add_argument("--rollout-policy", choices=["run", "start"], default="run",
+                   help="who plays the scored episodes: the run's policy, or its warm start π_0 (one fixed batch for every run)")
     args = p.parse_args(argv)
     if args.tasks < 1 or args.group_size < 2:
         p.error(f"--tasks must be >= 1 and --group-size >= 2, got {args.tasks}, {args.group_size}")
     cols = [f"{n}{s}" for s in ("", "_safe") for n in PARTS] + [f"{n}_mean" for n in PARTS]
+    print(f"{args.tasks} tasks x {args.group_size} episodes (seed {args.seed}), played by "
+          + {"run": "each run's policy", "start": "the warm start π_0"}[args.rollout_policy])
     print("| run | weights | won | " + " | ".join(cols) + " |\n|" + "---|" * (3 + len(cols)))
     rows = []
     for run in args.runs:
-        rows.append(probe(run, args.tasks, args.group_size, args.seed))
+        rows.append(probe(run, args.tasks, args.group_size, args.seed, args.rollout_policy))
         r = rows[-1]
         print(f"| {run} | {r['weights']} | {r['won']}/{r['episodes']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |",
               flush=True)

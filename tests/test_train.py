@@ -291,6 +291,14 @@ def test_drift_probe_splits_the_step_reward_into_the_prms_change_and_the_policys
     assert rows[0]["policy_drift_mean"] != 0.0  # one RL update moved the policy away from its warm start
     assert "| run | weights | won |" in capsys.readouterr().out
     assert all(math.isnan(rows[0][f"{p}_{c}"]) or 0 <= rows[0][f"{p}_{c}"] <= 1 for p in PARTS for c in PUSH_COLS)
+    # --rollout-policy start: π_0 plays for every run, so two runs from one warm start are scored on the
+    # same episodes (same outcomes, same headroom) while their PRMs and policies still differ
+    train(tiny(tmp_path, run_name="e", seed=1, init_seed=0))
+    assert list((tmp_path / ".warmstart").iterdir()) == cached  # init_seed 0 = run d's start
+    same = drift([str(tmp_path / "d"), str(tmp_path / "e"), "--tasks", "2", "--group-size", "3", "--rollout-policy", "start"])
+    assert same[0]["won"] == same[1]["won"] and same[0]["headroom_mean"] == same[1]["headroom_mean"]
+    assert same[0]["policy_drift_mean"] != same[1]["policy_drift_mean"]
+    assert "played by the warm start" in capsys.readouterr().out
 
 
 def test_push_labels_read_the_pushes_off_the_observations_and_split_the_credit():
