@@ -35,6 +35,12 @@ not the ranking. For the PRIME ablation (token granularity, paper.md E9) a step'
 sum of its tokens' rewards and its advantage their mean. Unlabelled steps (label −1: other envs, dead ends) are left
 out; with no (good, bad) pair the AUCs are absent from the stats.
 
+One label-free diagnostic sits beside them, for every env (``surprise_corr``):
+
+    prm/surprise_corr     within-group correlation of r_φ with the surprisal −Σ log π_θold of the
+                          step's tokens: above 0, the PRM rewards what the sampling policy found
+                          unlikely, whatever it did (E1 measures π_φ against π_θold)
+
 Diagnostics only: nothing here feeds back into training. Deviations from the paper: the paper
 has no ground-truth credit metric (its evidence is downstream success); this is ours.
 """
@@ -90,6 +96,46 @@ def within_group_gap(score: torch.Tensor, label: torch.Tensor, group: torch.Tens
         total += float(bad.size * good.sum() - good.size * bad.sum())
         pairs += good.size * bad.size
     return total, pairs
+
+
+def within_group_corr(x: torch.Tensor, y: torch.Tensor, group: torch.Tensor) -> tuple[float, float, float]:
+    """Pearson correlation of x and y (S,) within groups, as sums for data-parallel ranks to add:
+    (Σ x̃ỹ, Σ x̃², Σ ỹ²) with x̃, ỹ each minus its group's mean (groups never span ranks: tasks are
+    sharded whole); the correlation is Σ x̃ỹ / sqrt(Σ x̃² · Σ ỹ²). A group's constant shift of x or
+    y changes nothing."""
+    _check_shapes("within_group_corr", x, y, group)
+    g = torch.unique(group, return_inverse=True)[1]  # (S,) 0 .. G'−1
+    count = torch.bincount(g).double()  # (G',)
+
+    def centre(v):
+        v = v.detach().double()
+        return v - (torch.zeros_like(count).index_add_(0, g, v) / count)[g]
+    xc, yc = centre(x), centre(y)
+    return float((xc * yc).sum()), float((xc * xc).sum()), float((yc * yc).sum())
+
+
+def surprise_corr(batch, implicit_reward: torch.Tensor, old_logp: torch.Tensor, granularity: str = "step") -> dict:
+    """``prm/surprise_corr``: the within-group correlation of r_φ with the surprisal of what was
+    sampled, −Σ_k log π_θold over the step's tokens (per token for granularity="token"); needs no
+    labels, so every env logs it. E1 is a log-ratio against π_θold, so a PRM flatter than the policy
+    that sampled the batch (one that has moved mass from the policy's habits to everything else)
+    gives the moves the policy found unlikely the high rewards: above 0, r_φ follows surprise, and
+    A^S pushes the policy towards its own rare moves whatever they did. {} without two steps in a group.
+
+    Args:
+        batch:           a batch.Batch (step_cu, traj_cu, group_id).
+        implicit_reward: (S,) r_φ, or (T,) token rewards for granularity="token".
+        old_logp:        (T,) log π_θold of the action tokens.
+    """
+    if granularity == "token":
+        surprisal = -old_logp.float()  # (T,)
+        per_traj = batch.step_cu[batch.traj_cu[1:]] - batch.step_cu[batch.traj_cu[:-1]]  # (N,) tokens
+    else:
+        surprisal = -trajectory_scores(old_logp.float(), batch.step_cu, "sum")  # (S,)
+        per_traj = batch.traj_cu[1:] - batch.traj_cu[:-1]  # (N,) steps
+    group = torch.repeat_interleave(batch.group_id, per_traj.long())  # (S,) or (T,)
+    sxy, sxx, syy = distributed.all_sum(list(within_group_corr(implicit_reward, surprisal, group)))
+    return {"prm/surprise_corr": sxy / (sxx * syy) ** 0.5} if sxx * syy > 0 else {}
 
 
 def safe_move_labels(batch) -> torch.Tensor:

@@ -62,7 +62,7 @@ import torch
 import distributed
 from advantage import combined_advantage, episode_advantage, scale_step_rewards
 from batch import _ranges
-from credit import credit_stats
+from credit import credit_stats, surprise_corr
 from model import token_logprobs
 from prm import prime_ce_loss, preference_pairs, step_rewards, token_rewards, trajectory_dpo_loss, trajectory_scores
 
@@ -166,6 +166,7 @@ def update_prm(prm, prm_opt, batch, old_logp, cfg) -> tuple[torch.Tensor, dict]:
     if cfg.prm_order == "after":
         reward = score_with_prm(prm, batch, old_logp, cfg)
     stats["prm/reward_mean"], stats["prm/reward_std"] = distributed.mean_std(reward)
+    stats.update(surprise_corr(batch, reward, old_logp, cfg.granularity))  # diagnostic: does r_φ follow surprise?
     return reward.detach(), stats
 
 

@@ -46,21 +46,11 @@ import torch
 
 from bench.common import fatal_moves, split_argv, warm_started_policy
 from config import parse_config
-from credit import within_group_auc
+from credit import within_group_auc, within_group_corr
 from istar import compute_advantages, recompute_old_logp, score_with_prm, update_prm
 from prm import preference_pairs, trajectory_dpo_loss, trajectory_scores
 from rollout import pack, rollout
 from train import rollout_kwargs
-
-
-def _within_group_corr(x: torch.Tensor, y: torch.Tensor, group: torch.Tensor) -> float:
-    """Pearson correlation of x and y (S,) after subtracting each group's mean from both."""
-    def centre(v):
-        v = v.double()
-        mean = torch.zeros(int(group.max()) + 1, dtype=v.dtype).index_add_(0, group, v) / torch.bincount(group).clamp(min=1)
-        return v - mean[group]
-    x, y = centre(x), centre(y)
-    return float((x * y).sum() / (x.norm() * y.norm()).clamp(min=1e-12))
 
 
 # Config fields that do not change the rollouts (PRM and update settings): a cache made under other
@@ -93,14 +83,18 @@ def held_out_stats(prm, batch, old_logp, cfg) -> dict:
         wins, pairs = within_group_auc(score, label, ids)
         return wins / pairs if pairs else float("nan")
 
+    def corr(x, y):  # Pearson correlation within groups; nan when one side is constant in every group
+        sxy, sxx, syy = within_group_corr(x, y.to(x.dtype), group)
+        return sxy / (sxx * syy) ** 0.5 if sxx * syy > 0 else float("nan")
+
     return {"acc": dpo["prm/acc"], "margin": dpo["prm/margin"], "pairs": dpo["prm/num_pairs"],
             **{k.split("/")[1]: v for k, v in adv.items() if k.startswith("credit/")},
             "live_auc": auc(reward, live, group),
             "traj_auc": auc(reward, batch.step_optimal, traj),  # pairs inside one trajectory
             "index_auc": auc(reward, batch.step_optimal, same_index),
             "policy_auc": auc(step_old, batch.step_optimal, group),
-            "corr_old_logp": _within_group_corr(reward, step_old, group),
-            "corr_step_index": _within_group_corr(reward, index.to(reward.dtype), group)}
+            "corr_old_logp": corr(reward, step_old),
+            "corr_step_index": corr(reward, index)}
 
 
 def collect(cfg, num_batches: int, cache: str | None = None):

@@ -4,7 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from credit import credit_stats, safe_move_labels, within_group_auc, within_group_gap
+from credit import credit_stats, safe_move_labels, surprise_corr, within_group_auc, within_group_corr, within_group_gap
+from prm import step_rewards
 from rollout import Trajectory, pack
 
 
@@ -183,21 +184,6 @@ def test_prm_probe_learns_credit_that_follows_the_preferences(sokoban_setup):
     assert rows[-1]["episode_auc"] == 1.0  # here A^E alone already separates the labels perfectly
 
 
-@settings(deadline=None, max_examples=50)
-@given(values=st.lists(st.tuples(st.floats(-5, 5), st.integers(0, 3)), min_size=3, max_size=30), shift=st.floats(-50, 50))
-def test_prm_probe_correlation_is_within_groups(values, shift):
-    from bench.prm_probe import _within_group_corr
-    x = torch.tensor([v for v, _ in values], dtype=torch.float64)
-    group = torch.tensor([g for _, g in values])
-    centred = x - torch.stack([x[group == g].mean() for g in group.tolist()])
-    if centred.norm() < 1e-6:
-        return
-    assert _within_group_corr(x, x, group) == pytest.approx(1.0)
-    assert _within_group_corr(x, -x, group) == pytest.approx(-1.0)
-    # a constant per group is no signal: adding one to a group changes nothing
-    assert _within_group_corr(x + shift * (group == 0), x, group) == pytest.approx(1.0)
-
-
 def test_prm_probe_traj_and_policy_auc_match_a_brute_force_count(sokoban_setup, monkeypatch):
     """bench.prm_probe.held_out_stats: traj_auc counts only (good, bad) pairs of one trajectory,
     index_auc only pairs of one group at the same step index, and policy_auc scores log π_θold of
@@ -239,3 +225,36 @@ def test_prm_probe_traj_and_policy_auc_match_a_brute_force_count(sokoban_setup, 
     assert stats["traj_auc"] == pytest.approx(count(reward.tolist(), traj))
     assert stats["policy_auc"] == pytest.approx(count(step_old.tolist(), group))
     assert stats["index_auc"] == pytest.approx(count(reward.tolist(), list(zip(group, index))))
+
+
+@settings(deadline=None, max_examples=200)
+@given(steps=steps, scale=st.sampled_from([-3.0, -0.5, 0.25, 2.0]), shift=st.floats(-100, 100))
+def test_within_group_corr_is_pearson_of_the_group_centred_values(steps, scale, shift):
+    x, _, group = _columns(steps)
+    gen = torch.Generator().manual_seed(len(x))
+    y = torch.randn(len(x), generator=gen, dtype=torch.float64)  # (S,)
+    xt, _, g = _tensors(x, [0] * len(x), group, torch.float64)
+    sxy, sxx, syy = within_group_corr(xt, y, g)
+    centre = lambda v: v - torch.tensor([float(v[g == k].mean()) for k in g], dtype=v.dtype)  # noqa: E731  step by step
+    assert sxy == pytest.approx(float((centre(xt) * centre(y)).sum()), abs=1e-9)
+    assert sxx == pytest.approx(float((centre(xt) ** 2).sum()), abs=1e-9)
+    if sxx > 1e-9:  # y = scale·x + a constant per group: correlation ±1
+        offset = torch.where(g == 0, shift, -shift).double()  # (S,)
+        a, b, c = within_group_corr(xt, scale * xt + offset, g)
+        assert a / (b * c) ** 0.5 == pytest.approx(1.0 if scale > 0 else -1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("granularity", ["step", "token"])
+def test_surprise_corr_is_plus_one_for_a_flatter_prm_and_minus_one_for_a_sharper_one(granularity):
+    """A PRM whose log-probs are λ·log π_θold (λ < 1: flatter than the sampling policy) gives by E1
+    r = β·(λ − 1)·Σ log π_θold = β·(1 − λ)·surprisal: correlation +1; λ > 1 (sharper) gives −1."""
+    batch = _batch([[1, 1, 0], [0, 0], [1, 0], [1, -1], [0]], groups=[0, 0, 1, 1, 1])
+    old_logp = -torch.rand(int(batch.step_cu[-1]), generator=torch.Generator().manual_seed(0)) * 3  # (T,)
+    for lam, sign in ((0.5, 1.0), (1.5, -1.0)):
+        if granularity == "token":
+            reward = 0.05 * (lam * old_logp - old_logp)  # (T,) token rewards
+        else:
+            reward = step_rewards(lam * old_logp, old_logp, batch.step_cu, 0.05)  # (S,) E1
+        got = surprise_corr(batch, reward, old_logp, granularity)["prm/surprise_corr"]
+        assert got == pytest.approx(sign, abs=1e-5)
+    assert surprise_corr(batch, torch.zeros(batch.num_steps.sum().item()), old_logp) == {}  # r_φ = 0: no correlation
