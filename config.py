@@ -29,6 +29,7 @@ class Config:
     max_steps: int = knob(0, "episode step limit; 0 = the env's own (paper: Sokoban 15, WebShop 10; Locks: its number of doors, 6)", "env")
     carvings: int = knob(0, "Locks only: number of distinct carvings, a multiple of 4 up to 64 (a larger hidden rule, each carving seen at fewer doors per batch); 0 = the env's own (4)", "env")
     system_prompt: bool = knob(True, "start every row with the env's system prompt (its rules and answer format, as the paper's prompts); --no-system-prompt: observations and actions only (a model trained from scratch learns the format from demonstrations and cannot read the prompt; bench.board_ceiling --transformer measures what the constant prefix costs its warm start). The sokoban preset turns it off for the locally built model, not with --model", "env")
+    numbered_results: bool = knob(False, "WebShop only: label the results page's items 1-10 and click one with click[<k>], instead of by product ID (a from-scratch model never learned to copy an ID; README Results, WebShop). The webshop preset turns it on for the locally built model, not with --model", "env")
     shuffle_ids: bool = knob(False, "WebShop only: show the products of each task under a permutation of the catalogue's IDs (goals, pages and rewards unchanged), so a click must copy an ID from the page, not recall one memorised from demonstrations", "env")
     # --- model ----------------------------------------------------------------------------
     model: str = knob("", "path of a local Hugging Face causal LM; empty = build the small default model locally", "model")
@@ -155,7 +156,7 @@ STEP_LABELLED_ENVS = ("sokoban", "locks")
 # Fields added after runs were saved, with the value every run saved before them used: a run folder's
 # config.json without the field means that value (resume, replay and bench.heldout rebuild it exactly).
 LEGACY_DEFAULTS: dict[str, object] = {"warmstart_schedule": "constant", "carvings": 0, "init_seed": -1, "adam_beta2": 0.999,
-                                      "shuffle_ids": False, "system_prompt": True}
+                                      "shuffle_ids": False, "system_prompt": True, "numbered_results": False}
 
 
 def saved_config(path) -> dict:
@@ -229,8 +230,9 @@ def validate(cfg: Config) -> None:
     if cfg.carvings < 0 or (cfg.carvings and cfg.env != "locks"):
         raise ValueError(f"--carvings: only the locks env has carvings (0 = its own 4, else a multiple of 4 up to 64); "
                          f"got {cfg.carvings} with env={cfg.env}")
-    if cfg.shuffle_ids and cfg.env != "webshop":
-        raise ValueError(f"--shuffle-ids: only the webshop env has product IDs; got env={cfg.env}")
+    for name in ("shuffle_ids", "numbered_results"):
+        if getattr(cfg, name) and cfg.env != "webshop":
+            raise ValueError(f"--{name.replace('_', '-')}: only the webshop env has product IDs; got env={cfg.env}")
     if cfg.prm_nll_coef < 0 or (cfg.prm_nll_coef and cfg.granularity != "step"):
         raise ValueError(f"--prm-nll-coef: expected >= 0, and only with --granularity step (the DPO loss of E3); "
                          f"got {cfg.prm_nll_coef} with granularity={cfg.granularity}")

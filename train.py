@@ -65,8 +65,9 @@ def env_factory(cfg: Config):
     kwargs = {"max_steps": cfg.max_steps} if cfg.max_steps else {}
     if cfg.carvings:  # Locks only (config.validate)
         kwargs["carvings"] = cfg.carvings
-    if cfg.shuffle_ids:  # WebShop only (config.validate)
-        kwargs["shuffle_ids"] = True
+    for name in ("shuffle_ids", "numbered_results"):  # WebShop only (config.validate)
+        if getattr(cfg, name):
+            kwargs[name] = True
     make_env(cfg.env, **kwargs)  # fail early on a bad env name or argument
     make = partial(make_env, cfg.env, **kwargs)
     return make if cfg.system_prompt else partial(without_system_prompt, make)

@@ -231,7 +231,7 @@ def warm_start(policy, tokenizer, make, cfg, device, progress: bool = False, on_
 
 
 # -- cache: runs with the same warm-start settings (e.g. the variants of one seed in a sweep) share one --
-WARMSTART_KEYS = ("env", "max_steps", "carvings", "shuffle_ids", "system_prompt", "model", "model_size", "vocab_size", "max_context", "max_action_tokens",
+WARMSTART_KEYS = ("env", "max_steps", "carvings", "shuffle_ids", "numbered_results", "system_prompt", "model", "model_size", "vocab_size", "max_context", "max_action_tokens",
                   "history_steps", "seed", "warmstart_episodes",
                   "warmstart_random_frac", "warmstart_epochs", "warmstart_lr", "warmstart_schedule")
 

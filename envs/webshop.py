@@ -51,6 +51,11 @@ Deviations from WebShop:
      permutation of the catalogue's IDs, drawn from the task seed. Goals, pages and rewards are
      unchanged; an ID then says nothing about its product outside one episode, so a policy can only
      click by copying an ID from the page, not by recalling one it memorised from demonstrations.
+  7. Optional (``numbered_results=True``, ``--numbered-results``): the results page labels its items
+     1-10 instead of by ID, and ``click[k]`` opens the k-th item of the page shown. Everything else
+     is unchanged (the item page and the purchase still name the ID). For a policy that cannot copy
+     a token from its context: the default model, trained from scratch, never learned to copy an ID
+     (README Results, WebShop), while a pretrained LM does so already.
 
 Run `python -m envs.webshop 7` to print the expert's episode for task seed 7.
 """
@@ -209,13 +214,17 @@ class WebShopEnv(Env):
     )
 
     def __init__(self, max_steps: int = 10, catalog_seed: int = 0, products_per_category: int = 200,
-                 shuffle_ids: bool = False) -> None:
+                 shuffle_ids: bool = False, numbered_results: bool = False) -> None:
         super().__init__()
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"WebShopEnv(max_steps=...): expected an int >= 1, got {max_steps!r}")
         if not isinstance(shuffle_ids, bool):
             raise ValueError(f"WebShopEnv(shuffle_ids=...): expected a bool, got {shuffle_ids!r}")
-        self.max_steps, self.shuffle_ids = max_steps, shuffle_ids
+        if not isinstance(numbered_results, bool):
+            raise ValueError(f"WebShopEnv(numbered_results=...): expected a bool, got {numbered_results!r}")
+        self.max_steps, self.shuffle_ids, self.numbered_results = max_steps, shuffle_ids, numbered_results
+        if numbered_results:
+            self.system_prompt = self.system_prompt.replace("click[<item id>]", "click[<item number>]")
         self.catalog = get_catalog(catalog_seed, products_per_category)  # cached: shared by all envs
         self.goal: Goal | None = None
 
@@ -258,13 +267,21 @@ class WebShopEnv(Env):
     def _page_items(self) -> np.ndarray:
         return self.results[self.page_no * PAGE_SIZE:(self.page_no + 1) * PAGE_SIZE]  # (<= 10,)
 
+    def item_labels(self) -> list[str]:
+        """What the results page calls its items (and ``click[...]`` takes): their shown IDs, or with
+        ``numbered_results`` their places 1..10 on the page."""
+        items = self._page_items()
+        if self.numbered_results:
+            return [str(k + 1) for k in range(len(items))]
+        return [self.shown_id(int(i)) for i in items]
+
     def clickables(self) -> list[str]:
         """The lowercase names `click[...]` accepts on the current page (none on the search page)."""
         if self.page == "results":
             n_pages = math.ceil(len(self.results) / PAGE_SIZE)
             return (["back to search"] + (["< prev"] if self.page_no > 0 else [])
                     + (["next >"] if self.page_no + 1 < n_pages else [])
-                    + [self.shown_id(i).lower() for i in self._page_items()])
+                    + [label.lower() for label in self.item_labels()])
         if self.page == "item":
             opts = [v for vals in self.catalog.products[self.item].options.values() for v in vals]
             return ["back to search", "< prev", "description", "features", "buy now"] + opts
@@ -285,11 +302,12 @@ class WebShopEnv(Env):
         elif self.page == "results":
             n, n_pages = len(self.results), max(1, math.ceil(len(self.results) / PAGE_SIZE))
             lines.append(f"Results for '{self.query}': page {self.page_no + 1} of {n_pages} ({n} results)")
-            for i in self._page_items():
+            for label, i in zip(self.item_labels(), self._page_items()):
                 p = self.catalog.products[i]
-                lines.append(f"{self.shown_id(i)}: {p.title}, ${p.price:.2f}")
+                lines.append(f"{label}: {p.title}, ${p.price:.2f}")
             extra = [c for c in self.clickables() if c in ("next >", "< prev", "back to search")]
-            lines.append("Actions: " + ", ".join((["click[<item id>]"] if n else []) + [f"click[{c}]" for c in extra]))
+            item = "click[<item number>]" if self.numbered_results else "click[<item id>]"
+            lines.append("Actions: " + ", ".join(([item] if n else []) + [f"click[{c}]" for c in extra]))
         elif self.page == "item":
             p = self.catalog.products[self.item]
             lines += [f"{self.shown_id(self.item)}: {p.title}", f"Price: ${p.price:.2f}", "Attributes: " + ", ".join(p.attributes)]
@@ -333,8 +351,10 @@ class WebShopEnv(Env):
                 self.page = "item"
         elif arg in ("description", "features"):
             self.page = arg
-        elif self.page == "results":  # an item id
-            self.page, self.item, self.selected = "item", int(self.unperm[self.catalog.by_asin[arg]]), {}
+        elif self.page == "results":  # an item: its place on the page, or its shown id
+            item = (self._page_items()[int(arg) - 1] if self.numbered_results
+                    else self.unperm[self.catalog.by_asin[arg]])
+            self.page, self.item, self.selected = "item", int(item), {}
         else:  # an option value: option values are distinct across one product's groups
             group = next(g for g, vals in self.catalog.products[self.item].options.items() if arg in vals)
             self.selected[group] = arg
@@ -363,7 +383,8 @@ class WebShopEnv(Env):
         return self._winnable[idx]
 
     def _page_winner(self) -> int | None:
-        return next((int(i) for i in self._page_items() if self._winning_options(int(i)) is not None), None)
+        """Place on the current results page (0-based) of its first winning item, or None."""
+        return next((k for k, i in enumerate(self._page_items()) if self._winning_options(int(i)) is not None), None)
 
     def _winner_page_offset(self) -> int | None:
         """Signed offset from the current results page to the nearest page holding a winner."""
@@ -391,7 +412,7 @@ class WebShopEnv(Env):
         if self.page == "results":
             win, off = self._page_winner(), self._winner_page_offset()
             if win is not None:
-                return f"click[{self.shown_id(win)}]"
+                return f"click[{self.item_labels()[win]}]"
             if off is not None and abs(off) <= 2:
                 return "click[next >]" if off > 0 else "click[< prev]"
             return "click[back to search]"

@@ -249,6 +249,55 @@ def test_shuffle_ids_differ_between_tasks_and_reject_bad_input():
         WebShopEnv(shuffle_ids="yes")
 
 
+@settings(deadline=None, max_examples=25)
+@given(seed=seeds, rng_seed=st.integers(0, 1000))
+def test_numbered_results_change_only_the_item_labels(seed, rng_seed):
+    """--numbered-results: the results page labels its items 1..10 and click[k] opens the k-th item
+    of the page shown; the same random actions (an ID mapped to its place) lead through the same
+    states with the same rewards, and the expert still wins."""
+    plain, num = WebShopEnv(max_steps=20), WebShopEnv(max_steps=20, numbered_results=True)
+    assert plain.reset(seed) == num.reset(seed)
+    rng = np.random.default_rng(rng_seed)
+    for _ in range(8):
+        if plain.page == "results":
+            labels = num.item_labels()
+            assert labels == [str(k + 1) for k in range(len(plain.item_labels()))]
+            assert all(f" [SEP] {k}: " in num.render() for k in labels)
+            assert not re.search(r"B0[0-9A-Z]{8}", num.render())  # no ID left on the results page
+        a = plain.random_action(rng)
+        ids = [x.lower() for x in plain.item_labels()] if plain.page == "results" else []
+        b = f"click[{ids.index(a[6:-1]) + 1}]" if a[6:-1] in ids else a
+        o1, r1, d1, i1 = act(plain, a)
+        o2, r2, d2, i2 = act(num, b)
+        assert (r1, d1, i1) == (r2, d2, i2) and plain.state() == num.state()
+        if plain.page != "results":  # the item page and the purchase still name the ID
+            assert o1 == o2
+        if d1:
+            break
+    if not num.done:  # the expert finishes from wherever the random actions led
+        while not num.done:
+            obs, reward, done, info = act(num, num.expert_action())
+        assert info["won"]
+
+
+def test_numbered_results_take_places_on_the_page_shown_not_ids():
+    env = WebShopEnv(numbered_results=True)
+    env.reset(3)
+    act(env, "search[t-shirt]")
+    assert len(env.results) > PAGE_SIZE and "click[<item number>]" in env.render()
+    first_id = env.shown_id(int(env.results[0]))
+    for bad in (f"click[{first_id}]", "click[0]", "click[11]", "click[-1]", "click[1.0]"):
+        obs, _, _, info = act(env, bad)
+        assert not info["valid_action"] and env.page == "results", bad
+    act(env, "click[next >]")
+    act(env, "click[1]")  # the first item of page 2: the 11th result
+    assert env.page == "item" and env.item == int(env.results[PAGE_SIZE])
+    assert "click[<item number>]" in env.system_prompt and "<item id>" not in env.system_prompt
+    assert "<item id>" in WebShopEnv().system_prompt
+    with pytest.raises(ValueError, match="numbered_results"):
+        WebShopEnv(numbered_results=1)
+
+
 def test_seeds_give_varied_tasks():
     env = WebShopEnv()
     goals = [(env.reset(s), env.goal.asin) for s in range(100)]

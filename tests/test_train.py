@@ -101,6 +101,7 @@ def test_four_iterations_equal_two_plus_resumed_two(tmp_path):
     (["--init-seed", "-2"], "--init-seed"),
     (["--adam-beta2", "1"], "--adam-beta2"),
     (["--shuffle-ids"], "--shuffle-ids"),  # sokoban has no product IDs
+    (["--numbered-results"], "--numbered-results"),
     (["--group-size", "1"], "--group-size"),  # no group baseline, no preference pair: nothing trains
     (["--step-adv-coef", "nan"], "--step-adv-coef"),  # NaN passes every comparison
     (["--lr", "inf"], "--lr"),

@@ -123,7 +123,7 @@ def test_warm_start_follows_its_schedule_and_constant_keeps_old_caches(tmp_path)
     cfg.out_dir = str(tmp_path)
     cosine = cache_dir(cfg, tok)
     cfg.warmstart_schedule = "constant"
-    old = json.dumps({**{k: getattr(cfg, k) for k in WARMSTART_KEYS if k not in ("warmstart_schedule", "carvings", "shuffle_ids", "system_prompt")},
+    old = json.dumps({**{k: getattr(cfg, k) for k in WARMSTART_KEYS if k not in ("warmstart_schedule", "carvings", "shuffle_ids", "system_prompt", "numbered_results")},
                       "vocab": _vocab_hash(tok)}, sort_keys=True)  # the key before those settings existed
     assert cache_dir(cfg, tok).name == hashlib.sha1(old.encode()).hexdigest()[:16] != cosine.name
     cfg.carvings = 16  # Locks' number of carvings shapes the demonstrations: a key of its own
@@ -132,3 +132,5 @@ def test_warm_start_follows_its_schedule_and_constant_keeps_old_caches(tmp_path)
     assert cache_dir(cfg, tok).name not in (hashlib.sha1(old.encode()).hexdigest()[:16], cosine.name, carved)
     shuffled, cfg.system_prompt = cache_dir(cfg, tok).name, False  # rows without the system prompt
     assert cache_dir(cfg, tok).name not in (hashlib.sha1(old.encode()).hexdigest()[:16], cosine.name, carved, shuffled)
+    no_prompt, cfg.numbered_results = cache_dir(cfg, tok).name, True  # WebShop's numbered results change its clicks
+    assert cache_dir(cfg, tok).name not in (hashlib.sha1(old.encode()).hexdigest()[:16], cosine.name, carved, shuffled, no_prompt)
