@@ -123,6 +123,17 @@ def test_sokoban_drops_the_system_prompt_only_for_the_locally_built_model():
     assert all(parse_config(["--env", env])[0].system_prompt for env in ("locks", "sotopia", "webshop"))
 
 
+def test_webshop_numbers_its_results_only_for_the_locally_built_model():
+    """LOCAL_MODEL_PRESETS: the model built from scratch clicks items by their place on the results page and
+    learns from demos without random actions; a pretrained --model clicks product IDs, as in WebShop."""
+    cfg = parse_config(["--env", "webshop"])[0]
+    assert cfg.numbered_results is True and cfg.warmstart_random_frac == 0.0
+    cfg = parse_config(["--env", "webshop", "--model", "/some/lm"])[0]
+    assert cfg.numbered_results is False and cfg.warmstart_random_frac == 0.3
+    assert parse_config(["--env", "webshop", "--no-numbered-results"])[0].numbered_results is False
+    assert not any(parse_config(["--env", env])[0].numbered_results for env in ("sokoban", "locks", "sotopia"))
+
+
 def test_help_reads_well_and_unknown_env_is_rejected():
     proc = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
