@@ -422,11 +422,13 @@ def test_board_ceiling_transformer_rows_and_schedule(capsys):
     assert "context 'board'" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("env", ["webshop", "sotopia"])
-def test_other_envs_run_end_to_end(tmp_path, env):
-    """``--env webshop`` and ``--env sotopia`` run the same loop: one iteration with both evaluations."""
+@pytest.mark.parametrize("env, extra", [("webshop", []), ("webshop", ["--no-numbered-results"]), ("sotopia", [])])
+def test_other_envs_run_end_to_end(tmp_path, env, extra):
+    """``--env webshop`` (items clicked by place, the local model's preset, or by ID) and ``--env sotopia`` run
+    the same loop: one iteration with both evaluations."""
     cfg, _ = parse_config(["--env", env, "--preset", "tiny", "--out-dir", str(tmp_path), "--kernels", "reference",
-                           "--iterations", "1", "--eval-tasks", "1", "--max-steps", "3"])
+                           "--iterations", "1", "--eval-tasks", "1", "--max-steps", "3", *extra])
+    assert cfg.numbered_results == (env == "webshop" and not extra)
     summary = train(cfg)
     got = rows(tmp_path / f"{env}-{cfg.algo}-istar-s0")
     assert [r["iteration"] for r in got] == [0, 1]
