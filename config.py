@@ -147,8 +147,8 @@ PRESETS: dict[str, dict] = {
 # without it reach 0.78 (bench.board_ceiling --transformer --context system; README Results, Sokoban).
 # WebShop's results page numbers its items: the model trained from scratch never learned to copy a product ID
 # from the page (0 of 64 held-out tasks won, 85-90% invalid clicks, with IDs as 9 BPE pieces or one token); with
-# numbered items and demos without random actions its warm start wins 2 of 64 with 12% invalid actions and learns
-# the rest of the task (README Results, WebShop).
+# numbered items and demos without random actions its warm start wins 2 of 64 with 12% invalid actions, playing
+# in the expert's order: search, item, options, buy (README Results, WebShop).
 LOCAL_MODEL_PRESETS: dict[str, dict] = {"sokoban": dict(system_prompt=False),
                                         "webshop": dict(numbered_results=True, warmstart_random_frac=0.0)}
 
