@@ -245,7 +245,6 @@ class WebShopEnv(Env):
         # shown ID of product i = catalogue ID of product perm[i]; identity unless shuffle_ids (a separate
         # random stream, so a task's goal and pages are the same with or without it)
         self.perm = np.random.default_rng([seed, 1]).permutation(n) if self.shuffle_ids else np.arange(n)  # (n,)
-        self.unperm = np.argsort(self.perm)  # (n,) product shown under catalogue ID j = unperm[j]
         self.page = "search"               # search | results | item | description | features | done
         self.query = ""
         self.results = np.zeros(0, np.int64)  # (<= 50,) product indices of the last search
@@ -351,10 +350,9 @@ class WebShopEnv(Env):
                 self.page = "item"
         elif arg in ("description", "features"):
             self.page = arg
-        elif self.page == "results":  # an item: its place on the page, or its shown id
-            item = (self._page_items()[int(arg) - 1] if self.numbered_results
-                    else self.unperm[self.catalog.by_asin[arg]])
-            self.page, self.item, self.selected = "item", int(item), {}
+        elif self.page == "results":  # an item, by its label on the page: its shown id or its place
+            labels = [label.lower() for label in self.item_labels()]
+            self.page, self.item, self.selected = "item", int(self._page_items()[labels.index(arg)]), {}
         else:  # an option value: option values are distinct across one product's groups
             group = next(g for g, vals in self.catalog.products[self.item].options.items() if arg in vals)
             self.selected[group] = arg
