@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 import distributed
 from config import Config, parse_config, saved_config, validate
-from envs import make_env
+from envs import make_env, parse_action
 from istar import NonFiniteError, istar_update
 from model import build_default_model, clone_model, disable_dropout, format_prompt, load_model, save_model
 from rollout import Trajectory, pack, rollout
@@ -190,11 +190,14 @@ def rollout_kwargs(cfg: Config, device) -> dict:
 def env_metrics(trajs, prefix="env") -> dict:
     steps = [t.num_steps for t in trajs]
     valid = [v for t in trajs for v in t.step_valid]
+    unreadable = [parse_action(a) is None for t in trajs for a in t.actions]  # (S,) the answer format broke
     return {
         f"{prefix}/success": float(np.mean([t.won for t in trajs])),
         f"{prefix}/return": float(np.mean([t.outcome for t in trajs])),
         f"{prefix}/steps": float(np.mean(steps)),
         f"{prefix}/invalid_frac": 1.0 - float(np.mean(valid)) if valid else 0.0,
+        # the share of invalid_frac with no readable <action> tag (Env.step parses with the same function)
+        f"{prefix}/format_error_frac": float(np.mean(unreadable)) if unreadable else 0.0,
     }
 
 
@@ -227,8 +230,8 @@ def gather_episodes(trajs: list[Trajectory]) -> list[Trajectory]:
     """Every rank's episodes, without their token rows (what env_metrics needs); as is on one process."""
     if distributed.world_size() == 1:
         return trajs
-    light = [Trajectory(t.task_seed, t.group_id, step_rewards=t.step_rewards, step_valid=t.step_valid, won=t.won, score=t.score)
-             for t in trajs]
+    light = [Trajectory(t.task_seed, t.group_id, step_rewards=t.step_rewards, step_valid=t.step_valid,
+                        actions=t.actions, won=t.won, score=t.score) for t in trajs]
     return distributed.gather_objects(light)
 
 

@@ -489,6 +489,31 @@ def test_a_run_whose_rollouts_are_all_invalid_is_flagged():
     assert collapse_warning({"iteration": 1}) is None
 
 
+@pytest.mark.parametrize("env_name", ["sokoban", "webshop", "sotopia", "locks"])
+def test_format_errors_are_the_invalid_actions_without_a_readable_tag(env_name):
+    """env/format_error_frac counts the actions with no readable <action> tag: each is also invalid
+    (a subset of env/invalid_frac); a well-formed action that names no legal move is invalid only
+    (SOTOPIA has none: free text is small talk)."""
+    from envs import make_env
+    from rollout import Trajectory
+    from train import env_metrics
+    env = make_env(env_name)
+    env.reset(7)
+    texts = [f"<action>{env.expert_action()}</action>", "up", "<action>fly to the moon</action>", "<action>up", ""]
+    traj = Trajectory(7, 0)
+    for text in texts:
+        _, reward, done, info = env.step(text)
+        traj.actions.append(text)
+        traj.step_rewards.append(reward)
+        traj.step_valid.append(bool(info["valid_action"]))
+    legal_text = env_name == "sotopia"
+    assert traj.step_valid == [True, False, legal_text, False, False], traj.step_valid
+    m = env_metrics([traj])
+    assert m["env/invalid_frac"] == pytest.approx((3 if legal_text else 4) / 5)
+    assert m["env/format_error_frac"] == pytest.approx(3 / 5)
+    assert env_metrics([Trajectory(7, 0)])["env/format_error_frac"] == 0.0  # no step: no error, no NaN
+
+
 def test_locks_runs_end_to_end_with_oracle_step_credit(tmp_path, capsys):
     """``--env locks`` (labelled steps, fixed length: ``--max-steps`` doors) runs the loop with the
     oracle's step rewards, which replace the PRM (not trained)."""
