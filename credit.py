@@ -35,11 +35,17 @@ not the ranking. For the PRIME ablation (token granularity, paper.md E9) a step'
 sum of its tokens' rewards and its advantage their mean. Unlabelled steps (label −1: other envs, dead ends) are left
 out; with no (good, bad) pair the AUCs are absent from the stats.
 
-One label-free diagnostic sits beside them, for every env (``surprise_corr``):
+A label-free diagnostic sits beside them, for every env (``surprise_corr``):
 
     prm/surprise_corr     within-group correlation of r_φ with the surprisal −Σ log π_θold of the
                           step's tokens: above 0, the PRM rewards what the sampling policy found
                           unlikely, whatever it did (E1 measures π_φ against π_θold)
+
+and one for the policy update's effect on entropy (``logp_adv_cov``, every run, iStar on or off):
+
+    policy/logp_adv_cov   covariance over action tokens of log π_θold and the advantage (Cui et al.
+                          2025): below 0 the policy-gradient step raises entropy (rare tokens pushed
+                          up or likely ones down), above 0 it lowers it
 
 Diagnostics only: nothing here feeds back into training. Deviations from the paper: the paper
 has no ground-truth credit metric (its evidence is downstream success); this is ours.
@@ -136,6 +142,32 @@ def surprise_corr(batch, implicit_reward: torch.Tensor, old_logp: torch.Tensor, 
     group = torch.repeat_interleave(batch.group_id, per_traj.long())  # (S,) or (T,)
     sxy, sxx, syy = distributed.all_sum(list(within_group_corr(implicit_reward, surprisal, group)))
     return {"prm/surprise_corr": sxy / (sxx * syy) ** 0.5} if sxx * syy > 0 else {}
+
+
+def logp_adv_cov(old_logp: torch.Tensor, token_adv: torch.Tensor, weight: torch.Tensor | None = None) -> dict:
+    """``policy/logp_adv_cov``: the covariance over the batch's action tokens of log π_θold(y) and the
+    advantage A that weights them (Cui et al. 2025, arXiv 2505.22617), each token weighted as the
+    loss weights it. For a softmax whose logits move by η·A, entropy changes by −η·Cov_π(log π, A) to
+    first order: above 0 the update sharpens the policy (its likely tokens pushed up, its unlikely ones
+    down), below 0 it flattens it (the entropy bonus is not in it). ``policy/logp_adv_cov_neg`` is the
+    part of the sum from tokens with A < 0: below 0, pushing down likely tokens is what flattens.
+    A batch estimate over tokens of different states, as in Cui et al.; label-free. {} for no tokens.
+
+    Args:
+        old_logp:  (T,) log π_θold of the action tokens.
+        token_adv: (T,) the advantage of each token (E7).
+        weight:    (T,) the loss's weight of each token; None = equal (token-mean).
+    """
+    x, a = old_logp.detach().double(), token_adv.detach().double()  # (T,), (T,)
+    w = torch.ones_like(x) if weight is None else weight.detach().double()  # (T,)
+    neg = w * (a < 0)  # (T,) the weights of the tokens pushed down
+    sums = distributed.all_sum([float(v.sum()) for v in (w, w * x, w * a, w * x * a, neg, neg * x, neg * a, neg * x * a)])
+    total, sx, sa, sxa, n_total, n_x, n_a, n_xa = sums
+    if total <= 0:
+        return {}
+    xm, am = sx / total, sa / total  # weighted means
+    return {"policy/logp_adv_cov": sxa / total - xm * am,  # Σ w (x − x̄)(a − ā) / Σ w
+            "policy/logp_adv_cov_neg": (n_xa - am * n_x - xm * n_a + xm * am * n_total) / total}
 
 
 def safe_move_labels(batch) -> torch.Tensor:

@@ -63,7 +63,7 @@ import torch
 import distributed
 from advantage import combined_advantage, episode_advantage, scale_step_rewards
 from batch import _ranges
-from credit import credit_stats, surprise_corr
+from credit import credit_stats, logp_adv_cov, surprise_corr
 from model import token_logprobs
 from prm import prime_ce_loss, preference_pairs, step_rewards, token_rewards, trajectory_dpo_loss, trajectory_scores
 
@@ -407,5 +407,7 @@ def istar_update(policy, prm, policy_opt, prm_opt, batch, cfg, ref_policy=None, 
         stats.update(prm_stats)
     token_adv, adv_stats = compute_advantages(batch, implicit_reward, cfg)  # E5-E7
     stats.update(adv_stats)
+    weight = None if cfg.loss_agg == "token-mean" else _seq_mean_weights(batch, "token", 1)[1]  # (T,) the loss's token weights
+    stats.update(logp_adv_cov(old_logp, token_adv, weight))  # diagnostic: does the update raise or lower entropy?
     stats.update(update_policy(policy, policy_opt, batch, old_logp, token_adv, cfg, ref_policy, generator))  # E8
     return stats

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from credit import credit_stats, safe_move_labels, surprise_corr, within_group_auc, within_group_corr, within_group_gap
+from credit import credit_stats, logp_adv_cov, safe_move_labels, surprise_corr, within_group_auc, within_group_corr, within_group_gap
 from prm import step_rewards
 from rollout import Trajectory, pack
 
@@ -258,3 +258,40 @@ def test_surprise_corr_is_plus_one_for_a_flatter_prm_and_minus_one_for_a_sharper
         got = surprise_corr(batch, reward, old_logp, granularity)["prm/surprise_corr"]
         assert got == pytest.approx(sign, abs=1e-5)
     assert surprise_corr(batch, torch.zeros(batch.num_steps.sum().item()), old_logp) == {}  # r_φ = 0: no correlation
+
+
+@settings(deadline=None, max_examples=100)
+@given(k=st.integers(2, 24), seed=st.integers(0, 10_000), temp=st.sampled_from([0.3, 1.0, 4.0]))
+def test_logp_adv_cov_is_minus_the_entropy_change_of_a_softmax_moved_by_the_advantage(k, seed, temp):
+    """Cui et al.'s first-order law, which the metric reads: logits z moved by η·A change the entropy
+    of softmax(z) by −η·Cov_π(log π, A). A "batch" holding each of the k actions once, weighted by
+    its probability, makes the metric that covariance; the entropy change is measured in fp64."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(k, generator=gen, dtype=torch.float64) * temp  # (K,) logits, peaked to flat
+    adv = torch.randn(k, generator=gen, dtype=torch.float64)  # (K,) A of each action
+    logp = torch.log_softmax(z, 0)  # (K,)
+    entropy = lambda logits: float(-(torch.softmax(logits, 0) * torch.log_softmax(logits, 0)).sum())  # noqa: E731
+    eta = 1e-6
+    change = (entropy(z + eta * adv) - entropy(z - eta * adv)) / (2 * eta)  # dH/dη at η = 0
+    stats = logp_adv_cov(logp, adv, weight=logp.exp())
+    assert stats["policy/logp_adv_cov"] == pytest.approx(-change, rel=1e-5, abs=1e-8)
+
+
+@settings(deadline=None, max_examples=200)
+@given(n=st.integers(1, 40), seed=st.integers(0, 10_000), weighted=st.booleans(), shift=st.floats(-50, 50))
+def test_logp_adv_cov_is_the_weighted_covariance_and_its_negative_part(n, seed, weighted, shift):
+    """Against the two-pass formula, token by token: Σ w (x − x̄)(a − ā) / Σ w with weighted means;
+    the part from tokens with A < 0 plus the part from the others is the whole; a constant added to
+    log π (not to A: it moves which tokens are negative) changes nothing."""
+    gen = torch.Generator().manual_seed(seed)
+    x = -torch.rand(n, generator=gen, dtype=torch.float64) * 5  # (T,) log π_θold
+    a = torch.randn(n, generator=gen, dtype=torch.float64).round(decimals=1)  # (T,) A, some exactly 0
+    w = torch.rand(n, generator=gen, dtype=torch.float64) + 0.1 if weighted else torch.ones(n, dtype=torch.float64)
+    xm, am = float((w * x).sum() / w.sum()), float((w * a).sum() / w.sum())
+    terms = [float(w[i] * (x[i] - xm) * (a[i] - am) / w.sum()) for i in range(n)]  # (T,) one by one
+    got = logp_adv_cov(x.float(), a.float(), w if weighted else None)
+    assert got["policy/logp_adv_cov"] == pytest.approx(sum(terms), abs=1e-5)
+    assert got["policy/logp_adv_cov_neg"] == pytest.approx(sum(t for t, ai in zip(terms, a.tolist()) if ai < 0), abs=1e-5)
+    moved = logp_adv_cov(x.float() + shift, a.float(), w if weighted else None)
+    assert moved["policy/logp_adv_cov"] == pytest.approx(got["policy/logp_adv_cov"], abs=1e-4)
+    assert logp_adv_cov(torch.zeros(0), torch.zeros(0)) == {}

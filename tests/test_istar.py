@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from advantage import combined_advantage
 from config import Config, validate
+from credit import logp_adv_cov
 from istar import (NonFiniteError, _chunks, _seq_mean_weights, compute_advantages, istar_update, policy_loss, score_with_prm,
                    update_policy, update_prm)
 from model import token_logprobs
@@ -275,6 +276,27 @@ def test_istar_update_moves_the_policy_and_nan_stops_it(setup):
     with pytest.raises(NonFiniteError):
         update_policy(policy, popt, batch, old, adv, cfg)
     assert all(torch.equal(a, b) for a, b in zip(snapshot, policy.parameters()))  # nothing applied
+
+
+def test_istar_update_logs_the_entropy_covariance_under_the_losss_token_weights(setup):
+    """policy/logp_adv_cov weights each token as the loss does: equally under token-mean, 1 / (its
+    trajectory's tokens) under seq-mean-token-mean; with trajectories of unequal length the two differ."""
+    tok, policy, batch = setup
+    old = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach().float()  # (T,)
+    tok_n = (batch.step_cu[batch.traj_cu[1:]] - batch.step_cu[batch.traj_cu[:-1]]).long()  # (N,)
+    assert tok_n.unique().numel() > 1
+    got = {}
+    for loss_agg, weight in (("token-mean", None), ("seq-mean-token-mean", torch.repeat_interleave(1.0 / tok_n.float(), tok_n))):
+        cfg = cfg_for(istar=False, loss_agg=loss_agg)
+        token_adv, _ = compute_advantages(batch, None, cfg)  # (T,)
+        model = copy.deepcopy(policy)
+        stats = istar_update(model, None, torch.optim.AdamW(model.parameters(), lr=1e-3), None, batch, cfg,
+                             generator=torch.Generator().manual_seed(0))
+        expected = logp_adv_cov(old, token_adv, weight)
+        for key in ("policy/logp_adv_cov", "policy/logp_adv_cov_neg"):
+            assert stats[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-7)
+        got[loss_agg] = stats["policy/logp_adv_cov"]
+    assert got["token-mean"] != pytest.approx(got["seq-mean-token-mean"], rel=1e-3)
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
