@@ -81,7 +81,7 @@ class Config:
     minibatches: int = knob(4, "optimiser steps per epoch (the batch is split by trajectory)", "policy")
     micro_batch: int = knob(64, "most trajectories per forward/backward (gradient accumulation; memory only)", "policy")
     micro_batch_tokens: int = knob(32768, "most padded row tokens (rows x longest row) per forward/backward; a trajectory larger than this gets one of its own (memory only)", "policy")
-    entropy_coef: float = knob(0.001, "entropy bonus (released code: 0.001)", "policy")
+    entropy_coef: float = knob(0.001, "entropy bonus (released code: 0.001, for 7B LLMs at policy lr 5e-7 to 1e-6). At the small model's lr 3e-4 with rare wins it alone raised RLOO's entropy on Locks, where 0 kept it falling (README Results, Locks); policy/logp_adv_cov tells a bonus-driven rise (near 0) from an advantage-driven one (far below 0)", "policy")
     kl_coef: float = knob(0.0, "KL penalty to the policy this process started from (after warm start or resume), k3 (paper: none)", "policy")
     grad_clip: float = knob(1.0, "policy gradient-norm clip", "policy")
     adam_beta2: float = knob(0.999, "β2 of the policy's AdamW: its second-moment estimate remembers about 1/(1-β2) optimiser steps (iterations × minibatches × epochs); 0.999 is PyTorch's default. On Locks' 16-carving plateau 0.99 learned the rule sooner with RLOO and with iStar (docs/results.md, Locks)", "policy")
