@@ -46,7 +46,7 @@ from envs import make_env, parse_action
 from istar import NonFiniteError, istar_update
 from model import build_default_model, clone_model, disable_dropout, format_prompt, load_model, save_model
 from rollout import Trajectory, pack, rollout
-from warmstart import EVAL_SEED_BASE, cached_warm_start, env_tokenizer, expert_prob, expert_rows, warm_start
+from warmstart import EVAL_SEED_BASE, cached_warm_start, env_tokenizer, expert_probe, expert_rows, warm_start
 
 
 
@@ -205,7 +205,7 @@ def env_metrics(trajs, prefix="env") -> dict:
 def evaluate(policy, tokenizer, make, cfg: Config, device, modes=("greedy", "sampled", "expert")) -> dict:
     """Held-out tasks (seeds ≥ 2**31), one rollout each: greedy and/or sampled at eval_temperature;
     and ("expert") the policy's mean probability of the expert's action along ``eval_tasks`` held-out
-    expert episodes (warmstart.expert_prob). Under torchrun each rank plays its share of the seeds
+    expert episodes, and its mean entropy at those actions' tokens (warmstart.expert_probe). Under torchrun each rank plays its share of the seeds
     and the episodes are gathered."""
     seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + cfg.eval_tasks))
     lo, hi = distributed.shard(len(seeds))
@@ -222,7 +222,7 @@ def evaluate(policy, tokenizer, make, cfg: Config, device, modes=("greedy", "sam
     if "expert" in modes:  # the same rows on every rank: no gather needed
         rows = expert_rows(tokenizer, make, cfg, cfg.eval_tasks)
         with distributed.gathered(policy):
-            out["eval/expert_prob"] = expert_prob(distributed.unwrap(policy), rows, tokenizer.pad_token_id, device)
+            out["eval/expert_prob"], out["eval/expert_entropy"] = expert_probe(distributed.unwrap(policy), rows, tokenizer.pad_token_id, device)
     return out
 
 

@@ -129,26 +129,44 @@ def expert_rows(tokenizer, make, cfg, episodes: int) -> list[tuple[list[int], li
     return rows
 
 
-@torch.no_grad()
-def action_probs(policy, rows, pad_id: int, device, chunk: int = 64) -> list[float]:
-    """π(action | its context) = exp(Σ of its tokens' log-probs) of every action in ``rows``, row-major;
-    every contiguous run of action tokens in a row is one action."""
-    probs = []
+def _action_forward(policy, rows, pad_id: int, device, chunk: int, with_entropy: bool = False):
+    """Per chunk of ``rows``: the log-probs (T,) of its action tokens, row-major; the policy's
+    next-token entropy at the same tokens (T,) or None; and the lengths of its actions (every
+    contiguous run of action tokens in a row is one action)."""
     for lo in range(0, len(rows), chunk):
         part = rows[lo:lo + chunk]
         ids, am, act = pad_rows(part, pad_id, device)  # (R, L) each
-        logp = token_logprobs(policy, ids, am, act).float().cpu()  # (T,) row-major, as the runs below
-        runs = [n for _, mask in part for n in _true_runs(mask)]  # action lengths, row-major
+        out = token_logprobs(policy, ids, am, act, with_entropy=with_entropy)
+        logp, entropy = out if with_entropy else (out, None)  # (T,), (T,) or None
+        yield logp.float().cpu(), None if entropy is None else entropy.float().cpu(), [n for _, mask in part for n in _true_runs(mask)]
+
+
+@torch.no_grad()
+def action_probs(policy, rows, pad_id: int, device, chunk: int = 64) -> list[float]:
+    """π(action | its context) = exp(Σ of its tokens' log-probs) of every action in ``rows``, row-major."""
+    return [s.sum().exp().item() for logp, _, runs in _action_forward(policy, rows, pad_id, device, chunk) for s in logp.split(runs)]
+
+
+@torch.no_grad()
+def expert_probe(policy, rows, pad_id: int, device, chunk: int = 64) -> tuple[float, float]:
+    """Two numbers from one forward over expert ``rows`` (fixed contexts, whatever states the policy
+    itself would visit): the mean over the expert's actions of π(expert action | its context), how
+    much of the policy's mass is on what the expert does (Sokoban: ~0.25 for a policy that ignores the
+    board, the expert's own move being one of four); and the policy's mean next-token entropy at the
+    expert's action tokens, which moves only if the policy itself flattens or sharpens (a training
+    run's ``policy/entropy`` also moves when the policy visits other states)."""
+    probs, entropy = [], []
+    for logp, ent, runs in _action_forward(policy, rows, pad_id, device, chunk, with_entropy=True):
         probs += [s.sum().exp().item() for s in logp.split(runs)]
-    return probs
+        entropy.append(ent)
+    if not probs:
+        return float("nan"), float("nan")
+    return float(np.mean(probs)), float(torch.cat(entropy).mean())
 
 
 def expert_prob(policy, rows, pad_id: int, device, chunk: int = 64) -> float:
-    """Mean over the expert's actions in ``rows`` of π(expert action | its context) (``action_probs``):
-    how much of the policy's mass is on what the expert does, a dense measure of what it knows
-    (Sokoban: a policy that ignores the board puts ~0.25 there, the expert's own move being one of four)."""
-    probs = action_probs(policy, rows, pad_id, device, chunk)
-    return float(np.mean(probs)) if probs else float("nan")
+    """The first number of ``expert_probe``: the policy's mean probability of the expert's action."""
+    return expert_probe(policy, rows, pad_id, device, chunk)[0]
 
 
 def _true_runs(mask: list[bool]) -> list[int]:

@@ -11,7 +11,8 @@ are the runs' own), at each ``--temperatures`` (0 = greedy), with the run's roll
 Run: ``python -m bench.heldout runs/sokoban-rloo-istar-s0 runs/sokoban-rloo-s0 --warmstart --tasks 256``
 Prints one line per (policy, temperature): successes / tasks, rate ± its binomial standard error,
 and the fraction of invalid actions; then per policy its mean probability of the expert's action
-along ``--tasks`` held-out expert episodes (warmstart.expert_prob). ``--random`` adds the success
+along ``--tasks`` held-out expert episodes and its mean entropy at those actions' tokens
+(warmstart.expert_probe: fixed contexts, so a change is the policy's own, not its states'). ``--random`` adds the success
 of uniformly random actions on the same tasks, the floor a policy that learned anything beats.
 """
 from __future__ import annotations
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
             se = math.sqrt(rate * (1 - rate) / args.tasks)
             print(f"{name:32s} T={temp:<4g} success {round(rate * args.tasks):4d}/{args.tasks} = {rate:.3f} ± {se:.3f}"
                   f"   invalid actions {m[f'eval/invalid_frac_{key}']:.4f}", flush=True)
-        expert = evaluate(model, tok, env_factory(cfg), cfg, device, modes=("expert",))["eval/expert_prob"]
-        print(f"{name:32s} probability of the expert's action along {args.tasks} held-out expert episodes: {expert:.3f}", flush=True)
+        m = evaluate(model, tok, env_factory(cfg), cfg, device, modes=("expert",))
+        print(f"{name:32s} probability of the expert's action along {args.tasks} held-out expert episodes: "
+              f"{m['eval/expert_prob']:.3f}; the policy's entropy at its tokens: {m['eval/expert_entropy']:.3f}", flush=True)
     if args.random:
         cfg = run_config(runs[0], args.tasks, 0.0)
         rate = random_success(env_factory(cfg), args.tasks)

@@ -45,7 +45,7 @@ def test_cli_smoke_run_two_iterations_with_finite_metrics(tmp_path):
             assert math.isfinite(r[key]), (key, r[key])
         assert 0 <= r["credit/optimal_frac"] <= 1  # Sokoban labels its steps (credit.py)
     for r in (got[0], got[2]):  # evaluations: before RL and at the end
-        assert 0 < r["eval/expert_prob"] < 1
+        assert 0 < r["eval/expert_prob"] < 1 and r["eval/expert_entropy"] > 0
     for name in ("checkpoint.pt", "policy/config.json", "prm/config.json", "summary.json", "config.json"):
         assert (tmp_path / "smoke" / name).exists(), name
     names = readme_metric_names()
@@ -270,7 +270,9 @@ def test_heldout_replays_the_runs_own_evaluations(tmp_path, capsys):
     lines = [line for line in out if "invalid actions" in line]
     assert len(lines) == 4  # (warm start, run) x (greedy, sampled)
     experts = [line for line in out if "expert's action" in line]
-    assert [e.split()[-1] for e in experts] == [f"{got[it]['eval/expert_prob']:.3f}" for it in (0, 1)]
+    assert experts == [line for line in out if "entropy at its tokens" in line]
+    assert [(e.split()[-8].rstrip(";"), e.split()[-1]) for e in experts] == [
+        (f"{got[it]['eval/expert_prob']:.3f}", f"{got[it]['eval/expert_entropy']:.3f}") for it in (0, 1)]
     assert "uniform random actions" in out[-1] and "/3 =" in out[-1]
     for line, (it, key) in zip(lines, [(0, "greedy"), (0, "sampled"), (1, "greedy"), (1, "sampled")]):
         assert f"success {round(got[it][f'eval/success_{key}'] * 3):4d}/3" in line, (line, it, key)

@@ -1,4 +1,4 @@
-"""warmstart.py: the expert probe (the policy's probability of the expert's action, against a plain forward) and the lr schedule."""
+"""warmstart.py: the expert probe (the policy's probability of the expert's action and its entropy there, against a plain forward) and the lr schedule."""
 import itertools
 
 import numpy as np
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from config import Config
 from envs import make_env
 from envs.base import wrap_action
-from warmstart import PROBE_SEED_BASE, _true_runs, expert_prob, expert_rows
+from warmstart import PROBE_SEED_BASE, _true_runs, expert_prob, expert_probe, expert_rows
 
 
 @given(st.lists(st.booleans(), max_size=40))
@@ -19,27 +19,30 @@ def test_true_runs_are_the_lengths_of_the_true_groups(mask):
 
 def _brute_force(policy, rows):
     """Per action: exp of the summed log-probs of its tokens, each from a full-vocabulary log-softmax
-    of one unpadded row's forward."""
-    probs = []
+    of one unpadded row's forward; and the entropy −Σ_v π_v log π_v of every action token's
+    distribution. Returns (mean probability over actions, mean entropy over action tokens)."""
+    probs, entropy = [], []
     for ids, mask in rows:
         with torch.no_grad():
             logits = policy(torch.tensor([ids])).logits[0].float()  # (L, V)
-        logp = torch.log_softmax(logits, -1)[:-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]  # (L-1,)
+        full = torch.log_softmax(logits, -1)[:-1]  # (L-1, V)
+        logp = full.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]  # (L-1,)
         acc = None
         for p, m in enumerate(mask):
             if m:
                 acc = (acc or 0.0) + logp[p - 1].item()
+                entropy.append(-(full[p - 1].exp() * full[p - 1]).sum().item())
             elif acc is not None:
                 probs.append(np.exp(acc))
                 acc = None
         if acc is not None:
             probs.append(np.exp(acc))
-    return float(np.mean(probs))
+    return float(np.mean(probs)), float(np.mean(entropy))
 
 
 @settings(max_examples=4, deadline=None)
 @given(history=st.sampled_from([0, 1, 2]), episodes=st.integers(1, 4), chunk=st.integers(1, 5))
-def test_expert_prob_is_the_mean_probability_of_each_expert_action(sokoban_setup, history, episodes, chunk):
+def test_expert_probe_is_the_mean_probability_of_each_expert_action_and_the_entropy_at_its_tokens(sokoban_setup, history, episodes, chunk):
     """Rows hold one or several actions (history windows); any chunking gives the same mean."""
     tok, policy, _ = sokoban_setup
     cfg = Config(max_context=1024, max_action_tokens=8, history_steps=history)
@@ -54,8 +57,10 @@ def test_expert_prob_is_the_mean_probability_of_each_expert_action(sokoban_setup
             env.step(wrap_action(env.expert_action()))
             played += 1
     assert expected_actions == played
-    got = expert_prob(policy.eval(), rows, tok.pad_token_id, "cpu", chunk=chunk)
-    assert abs(got - _brute_force(policy, rows)) < 1e-5
+    prob, entropy = expert_probe(policy.eval(), rows, tok.pad_token_id, "cpu", chunk=chunk)
+    want_prob, want_entropy = _brute_force(policy, rows)
+    assert abs(prob - want_prob) < 1e-5 and abs(entropy - want_entropy) < 1e-4
+    assert expert_prob(policy, rows, tok.pad_token_id, "cpu", chunk=chunk) == prob
 
 
 def test_warm_start_raises_the_probability_of_the_expert_action():
