@@ -205,8 +205,8 @@ def env_metrics(trajs, prefix="env") -> dict:
 def evaluate(policy, tokenizer, make, cfg: Config, device, modes=("greedy", "sampled", "expert")) -> dict:
     """Held-out tasks (seeds ≥ 2**31), one rollout each: greedy and/or sampled at eval_temperature;
     and ("expert") the policy's mean probability of the expert's action along ``eval_tasks`` held-out
-    expert episodes, and its mean entropy at those actions' tokens (warmstart.expert_probe). Under torchrun each rank plays its share of the seeds
-    and the episodes are gathered."""
+    expert episodes, and its mean entropy at those actions' tokens (warmstart.expert_probe). Under
+    torchrun each rank plays its share of the seeds and the episodes are gathered."""
     seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + cfg.eval_tasks))
     lo, hi = distributed.shard(len(seeds))
     out = {}
@@ -222,7 +222,8 @@ def evaluate(policy, tokenizer, make, cfg: Config, device, modes=("greedy", "sam
     if "expert" in modes:  # the same rows on every rank: no gather needed
         rows = expert_rows(tokenizer, make, cfg, cfg.eval_tasks)
         with distributed.gathered(policy):
-            out["eval/expert_prob"], out["eval/expert_entropy"] = expert_probe(distributed.unwrap(policy), rows, tokenizer.pad_token_id, device)
+            prob, entropy = expert_probe(distributed.unwrap(policy), rows, tokenizer.pad_token_id, device)
+            out["eval/expert_prob"], out["eval/expert_entropy"] = prob, entropy
     return out
 
 
