@@ -64,6 +64,7 @@ class Config:
     pair_rule: str = knob("threshold", "DPO pairs: threshold = won x lost in a group (paper) | graded = every better/worse pair", "prm", ["threshold", "graded"])
     prm_steps: int = knob(1, "PRM DPO optimiser steps per iteration on its pairs (paper: 1); more keeps π_φ ahead of the policy its rewards are measured against (README Results, Locks)", "prm")
     prm_nll_coef: float = knob(0.0, "weight λ of an NLL term on the preferred trajectories' action tokens added to the PRM's DPO loss (RPO, Pang et al. 2024; not in the paper: 0); keeps π_φ from drifting away from what won", "prm")
+    prm_reference: str = knob("old", "reference policy of the implicit reward, paper Eq. 1: old = π_θold, the policy that sampled the batch (paper) | start = the policy RL started from (after the warm start), frozen, as DPO's and PRIME's π_ref (not the paper: an ablation of E1's moving reference, README Results, Locks)", "prm", ["old", "start"])
     prm_order: str = knob("before", "score steps with the PRM before its update (released code) | after (one more forward)", "prm", ["before", "after"])
     granularity: str = knob("step", "implicit reward per step (iStar) | token (PRIME ablation, paper.md E9)", "prm", ["step", "token"])
     scale_step_rewards: bool = knob(False, "divide step rewards by the batch max |r| (released code, paper.md E4)", "prm")
@@ -82,7 +83,7 @@ class Config:
     micro_batch: int = knob(64, "most trajectories per forward/backward (gradient accumulation; memory only)", "policy")
     micro_batch_tokens: int = knob(32768, "most padded row tokens (rows x longest row) per forward/backward; a trajectory larger than this gets one of its own (memory only)", "policy")
     entropy_coef: float = knob(0.001, "entropy bonus (released code: 0.001, for 7B LLMs at policy lr 5e-7 to 1e-6). At the small model's lr 3e-4 with rare wins it alone raised RLOO's entropy on Locks, where 0 kept it falling (README Results, Locks); policy/logp_adv_cov tells a bonus-driven rise (near 0) from an advantage-driven one (far below 0)", "policy")
-    kl_coef: float = knob(0.0, "KL penalty to the policy this process started from (after warm start or resume), k3 (paper: none)", "policy")
+    kl_coef: float = knob(0.0, "KL penalty to the policy RL started from (after the warm start), k3 (paper: none)", "policy")
     grad_clip: float = knob(1.0, "policy gradient-norm clip", "policy")
     adam_beta2: float = knob(0.999, "β2 of the policy's AdamW: its second-moment estimate remembers about 1/(1-β2) optimiser steps (iterations × minibatches × epochs); 0.999 is PyTorch's default. On Locks' 16-carving plateau 0.99 learned the rule sooner with RLOO and with iStar (docs/results.md, Locks)", "policy")
     # --- kernels --------------------------------------------------------------------------

@@ -44,8 +44,12 @@ Deviations from the paper:
   3d) `prm_nll_coef` > 0 (option, not the paper): RPO's NLL of the preferred trajectories' action tokens
      is added to E3, so π_φ keeps mass on what won; without it DPO can lower the likelihood of the
      chosen trajectories too (likelihood displacement) and r_φ then favours text no trajectory had.
-  4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar,
-     and the token rewards go through the same group standardisation as step rewards (each token
+  3e) `prm_reference="start"` (option, not the paper): E1's reference is the frozen policy RL started
+     from, π_0, as in DPO and PRIME, instead of π_θold. r_φ = β·Σ(log π_φ − log π_θold) splits into
+     β·Σ(log π_φ − log π_0) − β·Σ(log π_θold − log π_0): the second term, the policy's own drift, is
+     what this removes (README Results, Locks, measures what it does).
+  4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar
+     (`prm_reference="start"` gives PRIME's frozen π_ref), and the token rewards go through the same group standardisation as step rewards (each token
      its own segment), so the two differ only in the granularity of the reward and the PRM's loss.
      PRIME itself uses a leave-one-out return-to-go of token rewards; that is not implemented.
 
@@ -152,20 +156,22 @@ def score_with_prm(prm, batch, old_logp, cfg) -> torch.Tensor:
     return torch.cat(rewards)
 
 
-def update_prm(prm, prm_opt, batch, old_logp, cfg) -> tuple[torch.Tensor, dict]:
+def update_prm(prm, prm_opt, batch, old_logp, cfg, ref_logp=None) -> tuple[torch.Tensor, dict]:
     """``cfg.prm_steps`` trajectory-DPO optimiser steps of π_φ on this batch's pairs (E3; the paper
     takes one); returns the step rewards for the advantages and the stats of the first step (the
     PRM as it was before this iteration: pair accuracy on pairs it has not trained on).
 
     Default (`prm_order="before"`): the rewards come from π_φ before its steps (paper Algorithm 1);
-    "after" rescores with the updated PRM (one more forward pass).
+    "after" rescores with the updated PRM (one more forward pass). ``ref_logp`` (T,) is E1's
+    reference log π_ref (`prm_reference="start"`); None = ``old_logp``, π_θold (the paper).
     """
-    reward = score_with_prm(prm, batch, old_logp, cfg)  # (S,) or (T,)
-    stats = _prm_step(prm, prm_opt, batch, old_logp, cfg, reward)
+    ref = old_logp if ref_logp is None else ref_logp  # (T,) E1's reference
+    reward = score_with_prm(prm, batch, ref, cfg)  # (S,) or (T,)
+    stats = _prm_step(prm, prm_opt, batch, ref, cfg, reward)
     for _ in range(cfg.prm_steps - 1):  # option: keep π_φ ahead of the policy it is measured against
-        _prm_step(prm, prm_opt, batch, old_logp, cfg, score_with_prm(prm, batch, old_logp, cfg))
+        _prm_step(prm, prm_opt, batch, ref, cfg, score_with_prm(prm, batch, ref, cfg))
     if cfg.prm_order == "after":
-        reward = score_with_prm(prm, batch, old_logp, cfg)
+        reward = score_with_prm(prm, batch, ref, cfg)
     stats["prm/reward_mean"], stats["prm/reward_std"] = distributed.mean_std(reward)
     stats.update(surprise_corr(batch, reward, old_logp, cfg.granularity))  # diagnostic: does r_φ follow surprise?
     return reward.detach(), stats
@@ -396,14 +402,16 @@ def update_policy(policy, opt, batch, old_logp, token_adv, cfg, ref_policy=None,
 
 
 def istar_update(policy, prm, policy_opt, prm_opt, batch, cfg, ref_policy=None, generator=None) -> dict:
-    """Stages 2-4 of one iteration, in the paper's order (Algorithm 1). iStar off = base algorithm."""
+    """Stages 2-4 of one iteration, in the paper's order (Algorithm 1). iStar off = base algorithm.
+    ``ref_policy``: the frozen policy RL started from, for ``kl_coef`` and ``prm_reference="start"``."""
     old_logp = recompute_old_logp(policy, batch, cfg)  # (T,)
     stats: dict = {}
     implicit_reward = None
     if cfg.istar and cfg.step_reward_source == "oracle":  # diagnostic: ground-truth step labels replace r_φ
         implicit_reward = (batch.step_optimal == 1).float()  # (S,) 1 good, 0 not good or unlabelled (dead end)
     elif cfg.istar:
-        implicit_reward, prm_stats = update_prm(prm, prm_opt, batch, old_logp, cfg)  # E1-E3
+        ref_logp = recompute_old_logp(ref_policy, batch, cfg) if cfg.prm_reference == "start" else None  # (T,) option
+        implicit_reward, prm_stats = update_prm(prm, prm_opt, batch, old_logp, cfg, ref_logp)  # E1-E3
         stats.update(prm_stats)
     token_adv, adv_stats = compute_advantages(batch, implicit_reward, cfg)  # E5-E7
     stats.update(adv_stats)

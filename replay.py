@@ -6,13 +6,15 @@ Loads the run's latest policy and PRM (``load_run``: RUN_DIR/policy and RUN_DIR/
 writes at the end of a run, or its checkpoint.pt when that is newer: a run in flight, or one stopped
 before its end), plays one held-out task greedily, and prints each step's action, env reward and
 implicit reward r_φ = β · Σ_k (log π_φ − log π_θ) over the action's tokens (paper Eq. 1, paper.md E1),
-with the policy itself as the reference, and the env's ground-truth label of the step where it has
+with the policy itself as the reference (a run with ``--prm-reference start``: its frozen π_0, from
+checkpoint.pt), and the env's ground-truth label of the step where it has
 one (Sokoban: "optimal move" = one step along a shortest solution, "into a dead end" = the move left
 the level unsolvable; credit.py). For Sokoban it also saves a PNG strip of the states with
 r_φ above each frame (RUN_DIR/replay.png), so a reader can see which moves the PRM credits.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -61,7 +63,11 @@ def replay_episode(run_dir: Path, cli_cfg: Config) -> list[dict]:
                    max_history_steps=cfg.history_steps or None, engine=cfg.rollout_engine,
                    generator=torch.Generator().manual_seed(0), device="cpu")[0]
     batch = pack([traj], "cpu", tokenizer.pad_token_id)
-    old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask)  # (T,)
+    reference = policy
+    if cfg.prm_reference == "start":  # E1 against the run's frozen π_0, which only checkpoint.pt holds
+        reference = copy.deepcopy(policy)
+        reference.load_state_dict(torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)["ref"])
+    old_logp = token_logprobs(reference, batch.input_ids, batch.attention_mask, batch.action_mask)  # (T,)
     prm_logp = token_logprobs(prm, batch.input_ids, batch.attention_mask, batch.action_mask)  # (T,)
     r = step_rewards(prm_logp, old_logp, batch.step_cu, cfg.beta)  # (S,) E1
     safe = safe_move_labels(batch).tolist()  # (S,) 1 kept the level solvable, 0 led into a dead end, -1 unknown

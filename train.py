@@ -105,6 +105,14 @@ def build_models(cfg: Config, make, device, run_dir: Path):
     return tokenizer, policy, prm, policy_opt, prm_opt
 
 
+def reference_policy(cfg: Config, policy):
+    """A frozen copy of the policy, π_0 (train() gives it the weights RL starts from, after the warm start,
+    and a resume those of the run's start), when something needs it: the KL penalty (``kl_coef``) or E1
+    against a fixed reference (``prm_reference="start"``); else None."""
+    needed = cfg.kl_coef > 0 or (cfg.istar and cfg.step_reward_source == "prm" and cfg.prm_reference == "start")
+    return clone_model(policy).eval().requires_grad_(False) if needed else None
+
+
 def check_context(cfg: Config, tokenizer, make) -> None:
     """Fail before any work when --max-context cannot hold a task's prompt (system + first observation)
     and one action: every row would overflow it (rollout.py keeps such rows whole, with a warning)."""
@@ -118,11 +126,14 @@ def check_context(cfg: Config, tokenizer, make) -> None:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: written atomically (tmp file + os.replace), everything needed to resume exactly
 # ---------------------------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, iteration: int, policy, prm, policy_opt, prm_opt, rngs: dict, env_steps: int) -> Path:
-    """Full, unsharded state (the one-process format, so any number of ranks resumes it); rank 0 writes."""
+def save_checkpoint(run_dir: Path, iteration: int, policy, prm, policy_opt, prm_opt, rngs: dict, env_steps: int,
+                    ref_policy=None) -> Path:
+    """Full, unsharded state (the one-process format, so any number of ranks resumes it); rank 0 writes.
+    ``ref_policy``: the frozen policy RL started from (``reference_policy``), kept so a resume keeps it."""
     state = {
         "iteration": iteration, "env_steps": env_steps,
         "policy": distributed.model_state(policy), "prm": distributed.model_state(prm),
+        "ref": None if ref_policy is None else ref_policy.state_dict(),
         "policy_opt": distributed.optim_state(policy, policy_opt), "prm_opt": distributed.optim_state(prm, prm_opt),
         "torch_rng": torch.get_rng_state(), "shuffle_rng": rngs["shuffle"].get_state(),
         "numpy_rng": rngs["tasks"].bit_generator.state, "python_rng": random.getstate(),
@@ -160,12 +171,16 @@ def resumed_config(run_dir, cfg: Config, argv: list[str]) -> Config:
 
 
 def load_checkpoint(run_dir: Path, policy, prm, policy_opt, prm_opt, rngs: dict,
-                    fresh_policy_opt: bool = False) -> tuple[int, int]:
+                    fresh_policy_opt: bool = False, ref_policy=None) -> tuple[int, int]:
     """Restore everything ``save_checkpoint`` wrote; ``fresh_policy_opt`` keeps the policy's new AdamW
-    (no moments, step 0) instead: an experiment on the optimiser's memory (docs/results.md, Locks)."""
+    (no moments, step 0) instead: an experiment on the optimiser's memory (docs/results.md, Locks).
+    A checkpoint without a reference policy (written by a run that needed none, or before 2026-12-06)
+    gives ``ref_policy`` the resumed policy."""
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     policy.load_state_dict(state["policy"])
     prm.load_state_dict(state["prm"])
+    if ref_policy is not None:
+        ref_policy.load_state_dict(state["policy"] if state.get("ref") is None else state["ref"])
     if not fresh_policy_opt:
         policy_opt.load_state_dict(state["policy_opt"])
     prm_opt.load_state_dict(state["prm_opt"])
@@ -328,8 +343,9 @@ def train(cfg: Config, resume: str | None = None, fresh_policy_opt: bool = False
         tokenizer, policy, prm, policy_opt, prm_opt = build_models(cfg, make, device, run_dir)
     check_context(cfg, tokenizer, make)
     start, env_steps = 0, 0
+    ref_policy = reference_policy(cfg, policy)
     if resume:
-        start, env_steps = load_checkpoint(run_dir, policy, prm, policy_opt, prm_opt, rngs, fresh_policy_opt)
+        start, env_steps = load_checkpoint(run_dir, policy, prm, policy_opt, prm_opt, rngs, fresh_policy_opt, ref_policy)
         if main:
             truncate_metrics(run_dir, start)
             print(f"resumed {run_dir} at iteration {start}" + (" with a fresh policy optimiser" if fresh_policy_opt else ""))
@@ -339,7 +355,8 @@ def train(cfg: Config, resume: str | None = None, fresh_policy_opt: bool = False
             print(f"warm start: {ws}")
         distributed.broadcast_params(policy)
         prm.load_state_dict(policy.state_dict())  # the PRM starts from the warm-started policy too
-    ref_policy = clone_model(policy).eval() if cfg.kl_coef > 0 else None
+    if ref_policy is not None and not resume:
+        ref_policy.load_state_dict(policy.state_dict())  # π_0: the policy RL starts from
     if cfg.fsdp:  # shard parameters, gradients and optimiser states; optimisers are rebuilt over the shards
         policy, policy_opt = distributed.shard_model(policy, policy_opt, device)
         prm, prm_opt = distributed.shard_model(prm, prm_opt, device)
@@ -383,7 +400,7 @@ def train(cfg: Config, resume: str | None = None, fresh_policy_opt: bool = False
                 # the RNG states of the iteration's start, so --resume repeats iteration `it` on the same tasks.
                 rngs["tasks"].bit_generator.state, _ = rng_at_start
                 rngs["shuffle"].set_state(rng_at_start[1])
-                path = run_dir / "checkpoint.pt" if cfg.fsdp else save_checkpoint(run_dir, it - 1, policy, prm, policy_opt, prm_opt, rngs, env_steps)
+                path = run_dir / "checkpoint.pt" if cfg.fsdp else save_checkpoint(run_dir, it - 1, policy, prm, policy_opt, prm_opt, rngs, env_steps, ref_policy)
                 raise SystemExit(f"iteration {it}: {err}. Saved the last finite parameters (iteration {it} possibly partly "
                                  f"applied) to {path}. Lower --lr/--prm-lr or check the env's rewards, then --resume.") from err
             episodes = gather_episodes(trajs)  # every rank's
@@ -407,7 +424,7 @@ def train(cfg: Config, resume: str | None = None, fresh_policy_opt: bool = False
             bar.set_postfix(success=f"{row['env/success']:.2f}", ret=f"{row['env/return']:.2f}",
                             prm_acc="-" if prm_acc is None else f"{prm_acc:.2f}", kl=f"{row['policy/approx_kl']:.1e}")
             if it % cfg.save_every == 0 or last:
-                save_checkpoint(run_dir, it, policy, prm, policy_opt, prm_opt, rngs, env_steps)
+                save_checkpoint(run_dir, it, policy, prm, policy_opt, prm_opt, rngs, env_steps, ref_policy)
             if last:
                 if it < cfg.iterations and main and not interrupted:
                     print(f"stopping after iteration {it}: {env_steps} env steps reached --max-env-steps {cfg.max_env_steps}")

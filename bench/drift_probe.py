@@ -68,15 +68,17 @@ def push_labels(trajs) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.int8)
 
 
-def step_scores(logp: dict[str, torch.Tensor], step_cu: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+def step_scores(logp: dict[str, torch.Tensor], step_cu: torch.Tensor, beta: float,
+                reference: str = "old") -> dict[str, torch.Tensor]:
     """The three per-step sums (S,) of the module docstring from per-token log-probs (T,) of the run's
-    ``policy`` (π_θold), ``prm`` (π_φ) and ``start`` (π_0); r_phi = prm_change − policy_drift exactly.
+    ``policy`` (π_θold), ``prm`` (π_φ) and ``start`` (π_0); r_phi = prm_change − policy_drift exactly
+    (a run with ``--prm-reference start`` measured E1 against π_0: its r_phi is prm_change).
     A fourth, ``headroom`` = −β·Σ_k log π_0, is the most prm_change can be (log π_φ ≤ 0): a move π_0
     already makes with probability p can earn at most −β·log p, so a score that follows headroom
     ranks the moves π_0 favours low whatever they did."""
     def part(a, b):
         return step_rewards(logp[a], logp[b], step_cu, beta)  # (S,) E1 with reference b
-    return {"r_phi": part("prm", "policy"), "prm_change": part("prm", "start"), "policy_drift": part("policy", "start"),
+    return {"r_phi": part("prm", "start" if reference == "start" else "policy"), "prm_change": part("prm", "start"), "policy_drift": part("policy", "start"),
             "headroom": step_rewards(torch.zeros_like(logp["start"]), logp["start"], step_cu, beta)}
 
 
@@ -118,7 +120,7 @@ def probe(run_dir: str, tasks: int, group_size: int, seed: int, rollout_policy: 
     logp = {name: recompute_old_logp(model, batch, cfg) for name, model in
             (("policy", policy), ("prm", prm), ("start", start))}  # (T,) each
     pushes = push_labels(trajs) if cfg.env == "sokoban" else None  # (S,)
-    stats = credit_aucs(batch, step_scores(logp, batch.step_cu, cfg.beta), pushes)
+    stats = credit_aucs(batch, step_scores(logp, batch.step_cu, cfg.beta, cfg.prm_reference), pushes)
     return {"run": run_dir, "weights": which, "won": int(batch.won.sum()), "episodes": batch.num_traj,
             "lost": fatal_moves([batch]), **stats}
 

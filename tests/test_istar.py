@@ -111,6 +111,29 @@ def test_prm_parameters_move_and_pair_accuracy_rises(setup):
     assert stats["prm/dpo_loss"] < 0.69
 
 
+@pytest.mark.parametrize("reference", ["old", "start"])
+def test_e1_is_measured_against_the_reference_the_config_names(setup, reference):
+    """--prm-reference old (paper Eq. 1): r_φ = β·Σ(log π_φ − log π_θold); start: against the frozen
+    ``ref_policy`` π_0 instead. istar_update logs the mean of the rewards it used (PRM before its step)."""
+    tok, policy, batch = setup
+    gen = torch.Generator().manual_seed(3)
+    prm, start = copy.deepcopy(policy), copy.deepcopy(policy)
+    with torch.no_grad():
+        for model in (prm, start):
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    logp = {name: token_logprobs(m, batch.input_ids, batch.attention_mask, batch.action_mask).detach()
+            for name, m in (("old", policy), ("start", start), ("prm", prm))}  # (T,) each
+    expected = step_rewards(logp["prm"], logp[reference], batch.step_cu, 0.05, impl="reference").mean()
+    other = step_rewards(logp["prm"], logp["start" if reference == "old" else "old"], batch.step_cu, 0.05, impl="reference").mean()
+    cfg = cfg_for(prm_reference=reference)
+    pol = copy.deepcopy(policy)
+    stats = istar_update(pol, prm, torch.optim.AdamW(pol.parameters(), lr=1e-3), torch.optim.AdamW(prm.parameters(), lr=1e-3),
+                         batch, cfg, ref_policy=start, generator=torch.Generator().manual_seed(0))
+    assert stats["prm/reward_mean"] == pytest.approx(float(expected), rel=1e-4, abs=1e-7)
+    assert abs(float(expected - other)) > 1e-3  # the two references give different rewards here
+
+
 def test_prm_rewards_come_from_the_pre_update_prm_by_default(setup):
     tok, policy, batch = setup
     old_logp = token_logprobs(policy, batch.input_ids, batch.attention_mask, batch.action_mask).detach()

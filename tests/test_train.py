@@ -1,4 +1,5 @@
 """train.py end to end on CPU: smoke run, exact resume, config errors, plot and replay."""
+import dataclasses
 import fnmatch
 import json
 import math
@@ -89,6 +90,38 @@ def test_four_iterations_equal_two_plus_resumed_two(tmp_path):
     for it in (3, 4):
         for key in ("env/return", "policy/pg_loss", "policy/approx_kl"):
             assert math.isclose(ra[it][key], rb[it][key], rel_tol=1e-4, abs_tol=1e-6), (it, key)
+
+
+def test_prm_reference_start_keeps_the_warm_start_as_e1s_reference_through_a_resume(tmp_path):
+    """--prm-reference start: E1's reference is the warm-started policy π_0, frozen; the checkpoint
+    keeps it, so 3 iterations equal 1 + resumed 2 (a resume must not take the resumed policy as π_0);
+    --show and bench.drift_probe score against it."""
+    cfg, _ = parse_config(["--env", "locks", "--preset", "tiny", "--out-dir", str(tmp_path), "--kernels", "reference", "--max-steps", "1",
+                           "--tasks-per-iter", "4", "--group-size", "4", "--iterations", "3", "--eval-every", "0", "--prm-reference", "start"])
+    train(dataclasses.replace(cfg, run_name="full"))  # (E1 against π_0 itself: tests/test_istar.py)
+    train(dataclasses.replace(cfg, run_name="split", iterations=1))
+    saved = json.loads((tmp_path / "split" / "config.json").read_text())
+    train(Config(**{**saved, "iterations": 3}), resume=str(tmp_path / "split"))
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    start = torch.load(next((tmp_path / ".warmstart").iterdir()) / "policy.pt", weights_only=True)  # π_0
+    for name in start:
+        assert torch.equal(a["ref"][name], start[name]) and torch.equal(b["ref"][name], start[name]), name
+    assert any(not torch.equal(a["ref"][n], a["policy"][n]) for n in start)  # the policy moved, π_0 did not
+    for key in ("policy", "prm"):
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], atol=1e-5, rtol=1e-4, msg=f"{key}.{name}")
+    ra, rb = rows(tmp_path / "full"), rows(tmp_path / "split")
+    for it in (2, 3):
+        for key in ("env/return", "policy/pg_loss", "policy/approx_kl"):
+            assert math.isclose(ra[it][key], rb[it][key], rel_tol=1e-4, abs_tol=1e-6), (it, key)
+    from bench.drift_probe import main as drift
+    from replay import replay_episode
+
+    probe = drift([str(tmp_path / "full"), "--tasks", "2", "--group-size", "2"])[0]
+    assert probe["r_phi_mean"] == pytest.approx(probe["prm_change_mean"], abs=1e-6)  # E1 against π_0: no drift term
+    assert all(math.isfinite(s["implicit_reward"]) for s in replay_episode(tmp_path / "full", cfg))
+    assert train.__globals__["reference_policy"](tiny(tmp_path), None) is None  # nothing frozen when nothing needs it
 
 
 @pytest.mark.parametrize("argv, field", [
@@ -308,6 +341,7 @@ def test_drift_probe_splits_the_step_reward_into_the_prms_change_and_the_policys
     logp = {k: -torch.rand(7, generator=gen) for k in ("policy", "prm", "start")}  # (T,)
     parts = step_scores(logp, torch.tensor([0, 3, 4, 7]), beta=0.05)  # (S,) = (3,)
     torch.testing.assert_close(parts["r_phi"], parts["prm_change"] - parts["policy_drift"])
+    torch.testing.assert_close(step_scores(logp, torch.tensor([0, 3, 4, 7]), 0.05, "start")["r_phi"], parts["prm_change"])
     torch.testing.assert_close(parts["policy_drift"][0], 0.05 * (logp["policy"][:3] - logp["start"][:3]).sum())
     torch.testing.assert_close(parts["headroom"][2], -0.05 * logp["start"][4:].sum())
     assert bool((parts["prm_change"] <= parts["headroom"]).all())  # log π_φ ≤ 0 caps the PRM's change
