@@ -47,7 +47,9 @@ Deviations from the paper:
   3e) `prm_reference="start"` (option, not the paper): E1's reference is the frozen policy RL started
      from, π_0, as in DPO and PRIME, instead of π_θold. r_φ = β·Σ(log π_φ − log π_θold) splits into
      β·Σ(log π_φ − log π_0) − β·Σ(log π_θold − log π_0): the second term, the policy's own drift, is
-     what this removes (README Results, Locks, measures what it does).
+     what this removes. It is also what bounds r_φ: under π_θold the expected step reward is
+     −β·KL(π_θold ‖ π_φ) ≤ 0, so the policy cannot climb it; against π_0 it can, and on Locks every
+     run did, into invalid text (README Results, Locks).
   4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar
      (`prm_reference="start"` gives PRIME's frozen π_ref), and the token rewards go through the same group standardisation as step rewards (each token
      its own segment), so the two differ only in the granularity of the reward and the PRM's loss.

@@ -30,7 +30,8 @@ OPTIONAL_CURVES = [("eval/expert_prob", "expert-action probability (held-out)"),
 # suffix formatted with the run's value), added when the run's value differs from the paper's.
 LABEL_SUFFIXES = [("granularity", "step", " (token)"), ("step_reward_source", "prm", " (oracle step credit)"),
                   ("prm_order", "before", " (PRM after update)"), ("scale_step_rewards", False, " (scaled r)"),
-                  ("prm_steps", 1, " ({} PRM steps)"), ("prm_nll_coef", 0, " (PRM NLL {:g})")]
+                  ("prm_steps", 1, " ({} PRM steps)"), ("prm_nll_coef", 0, " (PRM NLL {:g})"),
+                  ("prm_reference", "old", " (E1 vs π_0)")]
 
 
 # Config fields that do not make a run another setting: its seed, name, length and bookkeeping, and how

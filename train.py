@@ -174,8 +174,8 @@ def load_checkpoint(run_dir: Path, policy, prm, policy_opt, prm_opt, rngs: dict,
                     fresh_policy_opt: bool = False, ref_policy=None) -> tuple[int, int]:
     """Restore everything ``save_checkpoint`` wrote; ``fresh_policy_opt`` keeps the policy's new AdamW
     (no moments, step 0) instead: an experiment on the optimiser's memory (docs/results.md, Locks).
-    A checkpoint without a reference policy (written by a run that needed none, or before 2026-12-06)
-    gives ``ref_policy`` the resumed policy."""
+    A checkpoint without a reference policy (a run that needed none, or one from before checkpoints kept
+    it) gives ``ref_policy`` the resumed policy."""
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     policy.load_state_dict(state["policy"])
     prm.load_state_dict(state["prm"])

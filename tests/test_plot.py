@@ -28,6 +28,7 @@ def png_size(path) -> tuple[int, int]:
     (dict(algo="rloo", istar=True, prm_steps=4), "RLOO w/ iStar (4 PRM steps)"),
     (dict(algo="rloo", istar=True, prm_nll_coef=1.0), "RLOO w/ iStar (PRM NLL 1)"),
     (dict(algo="rloo", istar=True, prm_nll_coef=0.0), "RLOO w/ iStar"),
+    (dict(algo="rloo", istar=True, prm_reference="start", prm_nll_coef=1.0), "RLOO w/ iStar (PRM NLL 1) (E1 vs π_0)"),
 ])
 def test_labels_name_the_step_credit_ablation(tmp_path, cfg, label):
     assert read_run(fake_run(tmp_path / "r", [], **cfg))[0] == label

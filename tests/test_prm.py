@@ -46,6 +46,27 @@ def test_step_rewards_sum_to_the_trajectory_log_ratio(batch, beta):
     torch.testing.assert_close(mean_q, q / (traj_cu[1:] - traj_cu[:-1]))
 
 
+@settings(deadline=None, max_examples=40)
+@given(st.integers(2, 4), st.integers(1, 3), st.integers(0, 2**31), st.floats(0.01, 1.0))
+def test_step_reward_drawn_from_the_sampling_policy_averages_minus_beta_kl(vocab, length, seed, beta):
+    """E1's bound: over every action y of ``length`` tokens, weighted by π_θold(y), E[r_φ] =
+    −β·KL(π_θold ‖ π_φ) ≤ 0, so a policy cannot raise its own mean step reward; against a frozen
+    reference (--prm-reference start) no such bound holds (README Results, Locks). Token k of an
+    action is drawn from its own categorical here, so the KL is the sum of the positions' KLs."""
+    gen = torch.Generator().manual_seed(seed)
+    old = torch.log_softmax(2 * torch.randn(length, vocab, generator=gen), -1)  # (L, V) log π_θold per position
+    prm = torch.log_softmax(2 * torch.randn(length, vocab, generator=gen), -1)  # (L, V) log π_φ
+    actions = torch.cartesian_prod(*[torch.arange(vocab)] * length).reshape(-1, length)  # (V^L, L) every action
+    pos = torch.arange(length).expand_as(actions)  # (V^L, L)
+    old_logp, prm_logp = old[pos, actions].reshape(-1), prm[pos, actions].reshape(-1)  # (T,) = (V^L·L,)
+    step_cu = torch.arange(0, old_logp.numel() + 1, length)  # one step per action
+    r = step_rewards(prm_logp, old_logp, step_cu, beta, impl="reference")  # (V^L,)
+    p_old = old[pos, actions].sum(1).exp()  # (V^L,) π_θold of each action; sums to 1
+    kl = (old.exp() * (old - prm)).sum()  # KL(π_θold ‖ π_φ) of the whole action
+    torch.testing.assert_close((p_old * r).sum(), -beta * kl, atol=1e-5, rtol=1e-4)
+    assert float((p_old * r).sum()) <= 1e-6
+
+
 @settings(deadline=None, max_examples=20)
 @given(packed())
 def test_prm_equal_to_old_policy_gives_zero_rewards_and_log2(batch):

@@ -121,7 +121,9 @@ def test_prm_reference_start_keeps_the_warm_start_as_e1s_reference_through_a_res
     probe = drift([str(tmp_path / "full"), "--tasks", "2", "--group-size", "2"])[0]
     assert probe["r_phi_mean"] == pytest.approx(probe["prm_change_mean"], abs=1e-6)  # E1 against π_0: no drift term
     assert all(math.isfinite(s["implicit_reward"]) for s in replay_episode(tmp_path / "full", cfg))
-    assert train.__globals__["reference_policy"](tiny(tmp_path), None) is None  # nothing frozen when nothing needs it
+    from train import reference_policy
+
+    assert reference_policy(tiny(tmp_path), None) is None  # nothing frozen when nothing needs it
 
 
 @pytest.mark.parametrize("argv, field", [
