@@ -51,9 +51,10 @@ Deviations from the paper:
      −β·KL(π_θold ‖ π_φ) ≤ 0, so the policy cannot climb it; against π_0 it can, and on Locks every
      run did, into invalid text (README Results, Locks).
   4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar
-     (`prm_reference="start"` gives PRIME's frozen π_ref), and the token rewards go through the same group standardisation as step rewards (each token
-     its own segment), so the two differ only in the granularity of the reward and the PRM's loss.
-     PRIME itself uses a leave-one-out return-to-go of token rewards; that is not implemented.
+     (`prm_reference="start"` gives PRIME's frozen π_ref), and the token rewards go through the
+     same group standardisation as step rewards (each token its own segment), so the two differ
+     only in the granularity of the reward and the PRM's loss. PRIME itself uses a leave-one-out
+     return-to-go of token rewards; that is not implemented.
 
 Data parallelism (distributed.py): `batch` holds this rank's whole groups. Losses are weighted by
 their share of the global count (PPO minibatch tokens, DPO pairs) and gradients summed over ranks
