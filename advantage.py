@@ -10,6 +10,11 @@ Implements paper.md E4-E7 (paper Eq. 3, Eq. 4, Eq. 5):
                       trajectory of the group (pooled across step indices)
     (E7)  A_{i,t}   = A^E_i + α · A^S_{i,t}, given to every action token of step t
 
+and the paper's "merged rewards" ablation (paper.md E8; the paper finds it clearly worse than E7):
+
+    merged  m_{i,t} = R_i + α · r_{i,t};  A_{i,t} = the base algorithm's group formula (E5) applied
+            to the m of every step of the group, pooled as E6 pools step rewards
+
 Symbols: R = `outcome` (N,), r = `step_reward` (S,), A^E = `episode_adv` (N,),
 A^S = `step_adv` (S,), A = `token_adv` (T,), α = `step_adv_coef`. Shapes follow the packed layout
 of kernels/__init__.py: N trajectories in M contiguous groups (`group_cu`), S steps (`traj_cu`),
@@ -37,6 +42,10 @@ Deviations from the paper:
   4) E4 (divide all step rewards by the batch max |r|) is not in the paper; off by default. When
      on, the scaled rewards are the step advantage directly (no group standardisation, which
      would cancel the scaling), as the released code does.
+  5) The paper names its "merged rewards" ablation without a formula. `merged_advantage` is our
+     reading: the outcome joins every step's reward before the one normalisation; with a single
+     step per trajectory and α = 0 it is the base algorithm exactly. RLOO's leave-one-out and
+     GRPO's statistics then run over the group's steps, so a long trajectory weighs more in them.
 """
 from __future__ import annotations
 
@@ -162,3 +171,30 @@ def combined_advantage(
     return segment_normalize(
         step_reward.detach().float(), episode_adv.detach().float(), step_cu, traj_cu, group_cu, step_adv_coef, eps, impl=impl
     )
+
+
+def merged_advantage(
+    outcome: torch.Tensor,
+    step_reward: torch.Tensor,
+    step_cu: torch.Tensor,
+    traj_cu: torch.Tensor,
+    group_cu: torch.Tensor,
+    step_adv_coef: float = 1.0,
+    algo: str = "rloo",
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "merged rewards" ablation (paper.md E8): the step reward joins the outcome *before* the normalisation.
+
+    m_{i,t} = R_i + α·r_{i,t}, then A_{i,t} = `episode_advantage` of the base algorithm over the m of
+    all steps of the group (the group's step offsets, ``traj_cu[group_cu]``, as its segments). One
+    normalisation for both signals: the larger one sets the scale, where E7 normalises each on its own.
+    Returns ``(token_adv (T,), step_adv (S,))``, step_adv being that advantage per step; kwargs go to
+    the base algorithm (REINFORCE++'s ``batch_mean_std``).
+    """
+    if step_reward.numel() == 0:
+        raise ValueError("step_reward: empty batch (no steps); roll out at least one step")
+    _check_groups(outcome, group_cu)
+    steps_per_traj = (traj_cu[1:] - traj_cu[:-1]).long()  # (N,)
+    merged = torch.repeat_interleave(outcome.float(), steps_per_traj) + step_adv_coef * step_reward.detach().float()  # (S,)
+    step_adv = episode_advantage(merged, traj_cu[group_cu], algo, **kwargs)  # (S,) E5 over the group's steps
+    return torch.repeat_interleave(step_adv, (step_cu[1:] - step_cu[:-1]).long()), step_adv  # (T,), (S,)

@@ -71,6 +71,7 @@ class Config:
     # --- advantage (paper.md E5-E7) -------------------------------------------------------
     algo: str = knob("rloo", "base algorithm of the episode advantage (paper: RLOO w/ iStar)", "advantage", ["rloo", "grpo", "reinforce++"])
     step_adv_coef: float = knob(1.0, "α: weight of the step-level advantage, paper Eq. 5 (paper: 1.0)", "advantage")
+    combine: str = knob("advantages", "how iStar joins the step rewards to the outcome: advantages = A^E + α·A^S, each normalised on its own (paper Eq. 5, E7) | rewards = the paper's \"merged rewards\" ablation: every step gets R + α·r, then the base algorithm's group formula over the group's steps (advantage.py::merged_advantage; the paper finds it clearly worse)", "advantage", ["advantages", "rewards"])
     step_reward_source: str = knob("prm", "where the step rewards r of E6 come from: prm = the implicit PRM (iStar) | oracle = the env's ground-truth step labels (1 good, 0 not; credit.py), a diagnostic upper bound on step credit, not iStar (Sokoban and Locks; the PRM is not trained)", "advantage", ["prm", "oracle"])
     # --- policy / PPO (paper.md E8) -------------------------------------------------------
     lr: float = knob(0.0, "policy AdamW learning rate; 0 = auto: 1e-4 for the locally built model (3e-4 can wreck it in one iteration: python -m bench.lr_probe, README Results), 5e-7 with --model (paper, 7B)", "policy")
@@ -257,6 +258,8 @@ def validate(cfg: Config) -> None:
                          f"{cfg.top_p}, {cfg.temperature}, {cfg.eval_temperature}")
     if cfg.minibatches > cfg.tasks_per_iter * cfg.group_size:
         raise ValueError(f"--minibatches: {cfg.minibatches} is more than the {cfg.tasks_per_iter * cfg.group_size} trajectories of a batch")
+    if cfg.combine != "advantages" and not cfg.istar:
+        raise ValueError(f"--combine {cfg.combine}: joins iStar's step rewards to the outcome, so it needs --istar (got --no-istar)")
     if cfg.step_reward_source == "oracle" and (cfg.env not in STEP_LABELLED_ENVS or not cfg.istar or cfg.granularity != "step"):
         raise ValueError(f"--step-reward-source oracle: needs an env that labels its steps ({' or '.join(STEP_LABELLED_ENVS)}), iStar on and "
                          f"--granularity step; got env={cfg.env}, istar={cfg.istar}, granularity={cfg.granularity}")

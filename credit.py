@@ -16,7 +16,8 @@ per iteration (training steps, not evaluation):
     credit/episode_auc    AUC of A^E_i, the base algorithm's credit (every step of a trajectory
                           gets its episode's value, so this only sorts steps by their episode)
     credit/prm_auc        AUC of the implicit step reward r_φ (E1): the PRM's step credit alone
-    credit/adv_auc        AUC of A^E_i + α·A^S_{i,t} (E7), the credit the policy update uses
+    credit/adv_auc        AUC of the advantage the policy update gives the step's tokens (their
+                          mean): A^E_i + α·A^S_{i,t} (E7), or the merged advantage of --combine rewards
     credit/*_gap          the same pairs' mean score difference, score(good) − score(bad): how much
                           of the score's magnitude (for adv: of the advantage that weights the policy
                           gradient) lands on the right side, where the AUC only counts which side
@@ -32,7 +33,7 @@ iStar assigns credit better than its base algorithm exactly when adv_auc > episo
 can be perfect while the gap is small (a few good steps far ahead, most just above the bad ones):
 the policy gradient of a step's choice follows E[A | good] − E[A | bad] (what adv_gap averages),
 not the ranking. For the PRIME ablation (token granularity, paper.md E9) a step's reward is the
-sum of its tokens' rewards and its advantage their mean. Unlabelled steps (label −1: other envs, dead ends) are left
+sum of its tokens' rewards. Unlabelled steps (label −1: other envs, dead ends) are left
 out; with no (good, bad) pair the AUCs are absent from the stats.
 
 A label-free diagnostic sits beside them, for every env (``surprise_corr``):
@@ -194,14 +195,15 @@ def safe_move_labels(batch) -> torch.Tensor:
 
 
 def credit_stats(batch, episode_adv: torch.Tensor, implicit_reward: torch.Tensor | None = None,
-                 step_adv: torch.Tensor | None = None, step_adv_coef: float = 1.0, granularity: str = "step") -> dict:
+                 token_adv: torch.Tensor | None = None, granularity: str = "step") -> dict:
     """The ``credit/*`` metrics of one batch (module docstring); {} when no step has a label.
 
     Args:
         batch:           a batch.Batch with ``step_optimal`` (S,).
         episode_adv:     (N,) A^E (E5).
         implicit_reward: (S,) r_φ (E1), or (T,) token rewards for granularity="token"; None = iStar off.
-        step_adv:        (S,) A^S (E6), or (T,) per token for "token"; a step scores A^E + α·A^S (E7).
+        token_adv:       (T,) the advantage of every action token as the policy update uses it (E7);
+                         a step scores the mean over its tokens. Given with implicit_reward.
     """
     label = batch.step_optimal  # (S,)
     labelled = distributed.all_sum([float((label >= 0).sum()), float((label == 1).sum())])
@@ -211,11 +213,10 @@ def credit_stats(batch, episode_adv: torch.Tensor, implicit_reward: torch.Tensor
     group = torch.repeat_interleave(batch.group_id, steps_per_traj)  # (S,) group of each step
     scores = {"episode": torch.repeat_interleave(episode_adv.float(), steps_per_traj)}  # (S,)
     if implicit_reward is not None:
-        if granularity == "token":  # a step's reward is its tokens' sum, its A^S their mean
+        if granularity == "token":  # a step's reward is its tokens' sum
             implicit_reward = trajectory_scores(implicit_reward, batch.step_cu, "sum")  # (S,)
-            step_adv = trajectory_scores(step_adv, batch.step_cu, "mean")  # (S,)
         scores["prm"] = implicit_reward  # (S,)
-        scores["adv"] = scores["episode"] + step_adv_coef * step_adv  # (S,) E7
+        scores["adv"] = trajectory_scores(token_adv.float(), batch.step_cu, "mean")  # (S,) E7, as trained
     safe = safe_move_labels(batch)  # (S,)
     labels = {"": label, "_safe": safe}
     sums = [float((safe >= 0).sum()), float((safe == 0).sum())]

@@ -50,6 +50,9 @@ Deviations from the paper:
      what this removes. It is also what bounds r_φ: under π_θold the expected step reward is
      −β·KL(π_θold ‖ π_φ) ≤ 0, so the policy cannot climb it; against π_0 it can, and on Locks every
      run did, into invalid text (README Results, Locks).
+  3f) `combine="rewards"` (the paper's "merged rewards" ablation, paper.md E8; the formula is ours,
+     advantage.py): R_i + α·r_{i,t} per step through the base algorithm's group formula once, in
+     place of E7's A^E + α·A^S; credit/adv_auc then scores that merged advantage.
   4) For the PRIME ablation (granularity="token") the reference policy is π_θold, as for iStar
      (`prm_reference="start"` gives PRIME's frozen π_ref), and the token rewards go through the
      same group standardisation as step rewards (each token its own segment), so the two differ
@@ -68,7 +71,7 @@ import math
 import torch
 
 import distributed
-from advantage import combined_advantage, episode_advantage, scale_step_rewards
+from advantage import combined_advantage, episode_advantage, merged_advantage, scale_step_rewards
 from batch import _ranges
 from credit import credit_stats, logp_adv_cov, surprise_corr
 from model import token_logprobs
@@ -269,10 +272,13 @@ def compute_advantages(batch, implicit_reward: torch.Tensor | None, cfg) -> tupl
         traj_cu = batch.step_cu[batch.traj_cu]
     else:
         step_cu, traj_cu = batch.step_cu, batch.traj_cu
-    token_adv, step_adv = combined_advantage(episode_adv, r, step_cu, traj_cu, batch.group_cu, cfg.step_adv_coef,
-                                             impl=cfg.kernel_impl, standardise=not cfg.scale_step_rewards)  # E6-E7
+    if cfg.combine == "rewards":  # the paper's "merged rewards" ablation: R + α·r, one normalisation (E8)
+        token_adv, step_adv = merged_advantage(batch.outcome, r, step_cu, traj_cu, batch.group_cu, cfg.step_adv_coef, cfg.algo, **kwargs)
+    else:
+        token_adv, step_adv = combined_advantage(episode_adv, r, step_cu, traj_cu, batch.group_cu, cfg.step_adv_coef,
+                                                 impl=cfg.kernel_impl, standardise=not cfg.scale_step_rewards)  # E6-E7
     _check_finite("token advantage", token_adv)
-    stats.update(credit_stats(batch, episode_adv, implicit_reward, step_adv, cfg.step_adv_coef, cfg.granularity))
+    stats.update(credit_stats(batch, episode_adv, implicit_reward, token_adv, cfg.granularity))
     stats["adv/step_std"] = distributed.mean_std(step_adv)[1]
     if cfg.granularity == "step":  # > 0: the step credit pushes the policy towards invalid actions
         invalid = ~batch.step_valid  # (S,)

@@ -10,6 +10,7 @@ from advantage import (
     combined_advantage,
     episode_advantage,
     grpo_advantage,
+    merged_advantage,
     reinforce_pp_advantage,
     rloo_advantage,
     scale_step_rewards,
@@ -149,6 +150,57 @@ def test_combined_advantage_matches_naive_and_alpha_zero_is_base(batch, algo, al
     assert step_adv.shape == step_reward.shape and torch.isfinite(step_adv).all()
 
 
+def naive_merged(outcome, step_reward, step_cu, traj_cu, group_cu, alpha, algo):
+    """The "merged rewards" ablation by hand: m = R_i + α·r_{i,t} per step, the group's steps pooled,
+    RLOO's leave-one-out / GRPO's standardisation / REINFORCE++'s centring then batch whitening."""
+    R, r = outcome.tolist(), step_reward.tolist()
+    step_adv = [0.0] * len(r)
+    for idx in naive_groups(group_cu):
+        steps = [(i, s) for i in idx for s in range(int(traj_cu[i]), int(traj_cu[i + 1]))]
+        m = {s: R[i] + alpha * r[s] for i, s in steps}
+        mean, std = sum(m.values()) / len(m), naive_std(list(m.values()))
+        for _, s in steps:
+            others = [m[o] for _, o in steps if o != s]
+            step_adv[s] = {"rloo": m[s] - sum(others) / len(others) if others else 0.0,
+                           "grpo": (m[s] - mean) / (std + 1e-6), "reinforce++": m[s] - mean}[algo]
+    if algo == "reinforce++":
+        mean, std = sum(step_adv) / len(step_adv), naive_std(step_adv)
+        step_adv = [(a - mean) / (std + 1e-6) for a in step_adv]
+    return torch.tensor([step_adv[s] for s in range(len(r)) for _ in range(int(step_cu[s]), int(step_cu[s + 1]))])
+
+
+# α is 0 or at least 0.25: with α ~ 1e-8, R + α·r differs from R below fp32's resolution and GRPO
+# would standardise rounding noise (as it would for outcomes that differ by that little)
+@settings(deadline=None, max_examples=40)
+@given(step_batch(), st.sampled_from(ALGOS), st.one_of(st.just(0.0), st.floats(0.25, 2.0)))
+def test_merged_rewards_match_naive_and_one_step_alpha_zero_is_base(batch, algo, alpha):
+    outcome, step_reward, step_cu, traj_cu, group_cu = batch
+    token_adv, step_adv = merged_advantage(outcome, step_reward, step_cu, traj_cu, group_cu, alpha, algo)
+    torch.testing.assert_close(token_adv, naive_merged(outcome, step_reward, step_cu, traj_cu, group_cu, alpha, algo), atol=1e-3, rtol=1e-3)
+    assert step_adv.shape == step_reward.shape and torch.isfinite(token_adv).all()
+    # one step per trajectory and α = 0: merging changes nothing, the base algorithm exactly (E5)
+    n = outcome.numel()
+    one = torch.arange(n + 1)
+    token0, _ = merged_advantage(outcome, step_reward[:n], one, one, group_cu, 0.0, algo)
+    torch.testing.assert_close(token0, episode_advantage(outcome, group_cu, algo), atol=1e-6, rtol=1e-6)
+
+
+def test_merged_rewards_let_the_larger_signal_drown_the_other_where_e7_keeps_both():
+    """Why the paper combines advantages (E7) rather than rewards: one normalisation of R + α·r is
+    ruled by whichever varies more. With step rewards 1000× the outcome's spread GRPO's merged
+    advantage is the standardised step reward alone (the outcome's sign is lost); E7 keeps A^E whole."""
+    outcome = torch.tensor([1.0, 0.0])  # one group: a win and a loss
+    step_cu, traj_cu, group_cu = torch.arange(5), torch.tensor([0, 2, 4]), torch.tensor([0, 2])
+    r = torch.tensor([-1.0, -0.5, 0.5, 1.0])  # the PRM prefers the lost trajectory's steps
+    merged, _ = merged_advantage(outcome, 1000.0 * r, step_cu, traj_cu, group_cu, 1.0, "grpo")
+    torch.testing.assert_close(merged, (r - r.mean()) / r.std(), atol=2e-3, rtol=0)
+    assert (merged[:2] < 0).all()  # the won trajectory's steps are pushed down
+    episode_adv = grpo_advantage(outcome, group_cu)
+    token_adv, step_adv = combined_advantage(episode_adv, 1000.0 * r, step_cu, traj_cu, group_cu, 1.0, impl="reference")
+    torch.testing.assert_close(token_adv - step_adv, torch.repeat_interleave(episode_adv, torch.tensor([2, 2])))
+    torch.testing.assert_close(step_adv, (r - r.mean()) / r.std(), atol=1e-5, rtol=0)  # E6 cancels the 1000
+
+
 def test_step_reward_scaling_e4_replaces_the_standardisation():
     r = torch.tensor([0.5, -2.0, 1.0])
     out = scale_step_rewards(r)
@@ -172,3 +224,5 @@ def test_bad_input_is_rejected_with_a_named_argument():
         episode_advantage(torch.zeros(3), torch.tensor([0, 3]), "ppo")
     with pytest.raises(ValueError, match="step_reward"):
         combined_advantage(torch.zeros(1), torch.zeros(0), torch.tensor([0]), torch.tensor([0, 0]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="step_reward"):
+        merged_advantage(torch.zeros(1), torch.zeros(0), torch.tensor([0]), torch.tensor([0, 0]), torch.tensor([0, 1]))

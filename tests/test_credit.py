@@ -65,6 +65,13 @@ def _batch(labels_per_traj, groups):
     return pack(trajs)
 
 
+def _per_token(batch, episode_adv, step_adv):
+    """(T,) A^E + A^S of every step, given to each of its action tokens (E7)."""
+    steps_per_traj = (batch.traj_cu[1:] - batch.traj_cu[:-1]).long()
+    per_step = torch.repeat_interleave(episode_adv, steps_per_traj) + step_adv  # (S,)
+    return torch.repeat_interleave(per_step, (batch.step_cu[1:] - batch.step_cu[:-1]).long())
+
+
 def test_credit_stats_of_perfect_noisy_and_unlabelled_step_scores():
     batch = _batch([[1, 1, 0], [0, 0], [1, 0], [1, -1]], groups=[0, 0, 1, 1])
     label = batch.step_optimal.float()  # (S,)
@@ -75,14 +82,14 @@ def test_credit_stats_of_perfect_noisy_and_unlabelled_step_scores():
     # episode credit: group 0 pairs (2 good x 3 bad): good of traj 0 beat traj 1's bad (4 wins), tie with its own (2 x ½);
     # group 1 (2 good x 1 bad): all tied -> 1
     assert base["credit/episode_auc"] == pytest.approx((4 + 1 + 1) / 8)
-    perfect = credit_stats(batch, episode_adv, implicit_reward=label, step_adv=label, step_adv_coef=100.0)
+    perfect = credit_stats(batch, episode_adv, implicit_reward=label, token_adv=_per_token(batch, episode_adv, 100.0 * label))
     assert perfect["credit/prm_auc"] == 1.0 and perfect["credit/adv_auc"] == 1.0
     # gaps: group 0's 4 pairs across its trajectories differ by 2 in A^E, its other 2 and group 1's 2 by 0: 8 / 8;
     # a 0/1 label differs by 1 in every pair, so A^E + 100·label adds 100
     assert base["credit/episode_gap"] == pytest.approx(1.0) and base["credit/adv_gap"] == base["credit/episode_gap"]
     assert perfect["credit/prm_gap"] == 1.0
     assert perfect["credit/adv_gap"] == pytest.approx(base["credit/episode_gap"] + 100.0)
-    inverted = credit_stats(batch, episode_adv, implicit_reward=-label, step_adv=-label)
+    inverted = credit_stats(batch, episode_adv, implicit_reward=-label, token_adv=_per_token(batch, episode_adv, -label))
     assert inverted["credit/prm_auc"] == 0.0
     unlabelled = _batch([[-1, -1], [-1]], groups=[0, 0])
     assert credit_stats(unlabelled, torch.zeros(2)) == {}
@@ -136,7 +143,7 @@ def test_safe_auc_scores_the_moves_into_a_dead_end():
     # safe moves: traj 0 step 0 (A -1, ties the fatal move), traj 1 steps 0-1 (A 1, beat it): (0.5 + 2) / 3
     assert stats["credit/episode_safe_auc"] == pytest.approx(2.5 / 3) == stats["credit/adv_safe_auc"]
     fatal_low = torch.tensor([0.0, -5.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # r_φ singles out the fatal move
-    with_prm = credit_stats(batch, torch.tensor([-1.0, 1.0]), fatal_low, fatal_low)
+    with_prm = credit_stats(batch, torch.tensor([-1.0, 1.0]), fatal_low, _per_token(batch, torch.tensor([-1.0, 1.0]), fatal_low))
     assert with_prm["credit/prm_safe_auc"] == 1.0 and with_prm["credit/prm_safe_gap"] == pytest.approx(5.0)
     no_fatal = credit_stats(_batch([[1, 0], [0, 1]], groups=[0, 0]), torch.zeros(2))  # a last step's fate is unknown
     assert no_fatal["credit/fatal_frac"] == 0.0 and "credit/episode_safe_auc" not in no_fatal
@@ -153,7 +160,7 @@ def test_probes_count_the_lost_episodes_decided_by_a_move_into_a_dead_end():
 def test_token_granularity_sums_rewards_and_averages_advantages_per_step():
     batch = _batch([[1, 0]], groups=[0])  # two steps of two tokens each
     token_r = torch.tensor([3.0, -2.0, 0.5, 0.0])  # step sums 1.0 (good) and 0.5 (bad): good wins
-    token_a = torch.tensor([0.0, 0.0, 1.0, -0.5])  # A^S step means 0 (good) and 0.25 (bad), A^E 0: bad wins
+    token_a = torch.tensor([0.0, 0.0, 1.0, -0.5])  # the step means of the token advantages: 0 (good), 0.25 (bad): bad wins
     stats = credit_stats(batch, torch.zeros(1), token_r, token_a, granularity="token")
     assert stats["credit/prm_auc"] == 1.0 and stats["credit/adv_auc"] == 0.0
 

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from advantage import combined_advantage
+from advantage import combined_advantage, episode_advantage, merged_advantage
 from config import Config, validate
-from credit import logp_adv_cov
+from credit import credit_stats, logp_adv_cov
 from istar import (NonFiniteError, _chunks, _seq_mean_weights, compute_advantages, istar_update, policy_loss, score_with_prm,
                    update_policy, update_prm)
 from model import token_logprobs
@@ -183,6 +183,25 @@ def test_alpha_zero_and_no_istar_give_the_base_algorithm(setup):
     tok_r = torch.randn(int(batch.step_cu[-1]))  # PRIME ablation: token-level rewards
     a_tok, stats = compute_advantages(batch, tok_r, cfg_for(granularity="token"))
     assert a_tok.shape == base.shape and torch.isfinite(a_tok).all() and stats["adv/step_std"] > 0
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_combine_rewards_trains_on_the_merged_advantage_and_scores_its_credit(setup, algo):
+    """--combine rewards (the paper's "merged rewards" ablation): the tokens get merged_advantage, and
+    credit/adv_auc ranks the steps by that, not by A^E + α·A^S; it needs iStar."""
+    batch = copy.copy(setup[2])
+    S = batch.step_cu.numel() - 1
+    batch.step_optimal = torch.tensor([1, 0, -1] * S, dtype=torch.int8)[:S]  # labels, so credit/* is computed
+    r = torch.randn(S, generator=torch.Generator().manual_seed(0))  # (S,)
+    token_adv, stats = compute_advantages(batch, r, cfg_for(algo=algo, combine="rewards", step_adv_coef=0.5))
+    want, _ = merged_advantage(batch.outcome, r, batch.step_cu, batch.traj_cu, batch.group_cu, 0.5, algo)
+    assert torch.equal(token_adv, want)
+    combined, _ = compute_advantages(batch, r, cfg_for(algo=algo, step_adv_coef=0.5))
+    assert not torch.allclose(token_adv, combined)
+    credit = credit_stats(batch, episode_advantage(batch.outcome, batch.group_cu, algo), r, want)
+    assert "credit/adv_auc" in credit and stats["credit/adv_auc"] == credit["credit/adv_auc"]
+    with pytest.raises(ValueError, match="--combine rewards"):
+        validate(cfg_for(combine="rewards", istar=False))
 
 
 def test_step_invalid_mean_is_the_mean_step_advantage_of_the_invalid_actions(setup):
