@@ -183,7 +183,7 @@ def merged_advantage(
     algo: str = "rloo",
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The "merged rewards" ablation (paper.md E8): the step reward joins the outcome *before* the normalisation.
+    """The "merged rewards" ablation (paper.md E8): the step reward joins the outcome *before* normalising.
 
     m_{i,t} = R_i + α·r_{i,t}, then A_{i,t} = `episode_advantage` of the base algorithm over the m of
     all steps of the group (the group's step offsets, ``traj_cu[group_cu]``, as its segments). One
